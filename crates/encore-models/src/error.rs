@@ -1,0 +1,50 @@
+//! The models crate's error type.
+
+use std::path::PathBuf;
+
+/// Errors from configuring, training, saving or loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A config key with a bad value: names the key and the allowed range.
+    #[error("config key `{key}`: {message}")]
+    Config { key: String, message: String },
+    /// An I/O failure on a named file.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A saved model or checkpoint that cannot be read.
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    /// An input the model cannot handle (e.g. an item index outside the catalogue).
+    #[error("{0}")]
+    Input(String),
+}
+
+impl ModelError {
+    /// A bad config value.
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ModelError::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Wrap an I/O error with its path.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// A file that could not be understood.
+    pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ModelError::Format {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}

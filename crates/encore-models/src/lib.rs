@@ -1,0 +1,82 @@
+//! Encore's models (SPEC §4, MODELS.md): one [`Recommender`] trait for every model, the
+//! [`Trainable`] trait for models trained epoch by epoch, and one module per model.
+
+pub mod error;
+pub mod pop;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use encore_data::InteractionMatrix;
+use rand_chacha::ChaCha8Rng;
+
+pub use error::ModelError;
+pub use pop::Pop;
+
+/// What every model can do once fitted: score users from their input rows, score a history it
+/// never saw (fold-in), and save itself.
+pub trait Recommender: Send + Sync {
+    /// The registry name (`"pop"`, `"multivae"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Catalogue size.
+    fn n_items(&self) -> usize;
+
+    /// Scores of every item for each user in `users`, computed from the users' rows of `input`
+    /// (their model input: training items, or fold-in items for held-out users). `out` is
+    /// `users.len() * n_items()`, row-major. Models that keep per-user parameters (BPR,
+    /// LightGCN) use them for users they were trained on and fold the others in.
+    fn score_users(&self, users: &[u32], input: &InteractionMatrix, out: &mut [f32]);
+
+    /// Scores of every item for a listener described only by `history` (item indices): the
+    /// fold-in path used by `recommend --history` and the HTTP service. `out` has `n_items()`
+    /// entries.
+    fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError>;
+
+    /// Write the model's weights (safetensors) and whatever else it needs into `dir`.
+    fn save(&self, dir: &Path) -> Result<(), ModelError>;
+}
+
+/// The data a model is trained on for one epoch.
+pub struct EpochContext<'a> {
+    /// The training matrix (users x items).
+    pub train: &'a InteractionMatrix,
+    /// 0-based epoch number.
+    pub epoch: usize,
+    /// The trainer's random stream (its state is checkpointed with the trainer).
+    pub rng: &'a mut ChaCha8Rng,
+    /// Called with the number of training examples (users or triples) just processed, to
+    /// advance the progress bar.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+/// A model trained epoch by epoch by the generic trainer.
+pub trait Trainable: Recommender {
+    /// One pass over the training data; returns the named loss parts (means over batches),
+    /// e.g. `{"loss": .., "recon": .., "kl": ..}`.
+    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError>;
+
+    /// Save the full training state (weights, optimizer moments, internal counters such as
+    /// the KL-annealing update count) into `dir`, so that [`Trainable::load_state`] resumes
+    /// exactly.
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError>;
+
+    /// Restore what [`Trainable::save_state`] wrote.
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError>;
+}
+
+/// A thin adapter that lets the evaluator call a model on a fixed input matrix.
+pub struct ModelScorer<'a> {
+    pub model: &'a dyn Recommender,
+    pub input: &'a InteractionMatrix,
+}
+
+impl encore_eval::Scorer for ModelScorer<'_> {
+    fn n_items(&self) -> usize {
+        self.model.n_items()
+    }
+
+    fn score_batch(&self, users: &[u32], out: &mut [f32]) {
+        self.model.score_users(users, self.input, out)
+    }
+}
