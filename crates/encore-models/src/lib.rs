@@ -1,8 +1,13 @@
 //! Encore's models (SPEC §4, MODELS.md): one [`Recommender`] trait for every model, the
 //! [`Trainable`] trait for models trained epoch by epoch, and one module per model.
 
+pub mod bpr;
+pub mod config;
+pub mod ease;
 pub mod error;
+pub mod lightgcn;
 pub mod pop;
+pub mod trainer;
 
 use std::collections::BTreeMap;
 use std::path::Path;
