@@ -1,16 +1,16 @@
 //! External id <-> dense index maps.
 
-use std::collections::HashMap;
-
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-/// A two-way map between external ids (strings as they appear in the files) and dense
+/// A two-way map (FxHash: ids are short and trusted-length, and lookups sit on the import hot
+/// path of 50M rows) between external ids (strings as they appear in the files) and dense
 /// indices `0..len`, in order of first appearance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdMap {
     ids: Vec<String>,
     #[serde(skip)]
-    index: HashMap<String, u32>,
+    index: FxHashMap<String, u32>,
 }
 
 impl IdMap {
@@ -21,7 +21,8 @@ impl IdMap {
 
     /// Build from ids in index order. Duplicates are an error (returns the duplicate).
     pub fn from_ids(ids: Vec<String>) -> Result<Self, String> {
-        let mut index = HashMap::with_capacity(ids.len());
+        let mut index = FxHashMap::default();
+        index.reserve(ids.len());
         for (i, id) in ids.iter().enumerate() {
             if index.insert(id.clone(), i as u32).is_some() {
                 return Err(id.clone());
