@@ -14,6 +14,8 @@ pub(crate) mod fields;
 mod interactions;
 pub(crate) mod lines;
 mod names;
+#[cfg(test)]
+mod tests;
 
 pub use names::read_hetrec_artist_tags;
 
