@@ -1,1 +1,74 @@
-fn main() {}
+//! The `encore` command line: a thin layer that parses arguments and calls the crates.
+
+mod bench;
+mod data;
+mod demo;
+mod evaluate;
+mod models;
+mod recommend;
+mod run;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Encore: multi-modal music recommendation with VAEs and denoising diffusion.
+#[derive(Parser)]
+#[command(
+    name = "encore",
+    version,
+    about,
+    after_help = "Examples:\n  encore demo\n  encore data synth --preset small --seed 7 --out data/small\n  encore data import --format onion --input data/small --out data/small-prepared\n  encore train --model pop --data data/small-prepared --split ratio\n  encore evaluate --split runs/pop/split --recommendations recs.tsv --k 10,20"
+)]
+struct Cli {
+    /// Worker threads for parallel work (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate, import, inspect and split datasets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Train a model on a dataset and split; writes a run directory.
+    Train(train::TrainArgs),
+    /// Evaluate a run's best model, or ranked lists made by any other system.
+    Evaluate(evaluate::EvaluateArgs),
+    /// Top-k recommendations for a known user or for a listening history (fold-in).
+    Recommend(recommend::RecommendArgs),
+    /// Generate the synthetic `small` world, train every model, print a results table.
+    Demo(demo::DemoArgs),
+    /// Measure the hot paths and print a table.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+            eprintln!("error: --threads {n}: {e}");
+            std::process::exit(2);
+        }
+    }
+    let result = match cli.command {
+        Command::Data(cmd) => data::run(cmd),
+        Command::Train(args) => train::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
+        Command::Recommend(args) => recommend::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -3,10 +3,11 @@
 //! thresholding, de-duplication and an iterative k-core filter.
 
 use std::fmt;
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::readers::Record;
+use crate::readers::{read_interactions, read_item_names, InteractionFormat, Record};
 use crate::{DataError, IdMap, InteractionMatrix, Result};
 
 /// A prepared, binarised interaction dataset.
@@ -262,6 +263,45 @@ fn filter_matrix(
 }
 
 impl Dataset {
+    /// Read `input` in `format` and prepare it with `opts`; item names are attached when the
+    /// format has a names file beside the input.
+    pub fn import(
+        format: &InteractionFormat,
+        input: &Path,
+        opts: &PrepareOptions,
+    ) -> Result<(Dataset, PrepareReport)> {
+        if opts.first_rows == Some(0) {
+            return Err(DataError::parameter(
+                "first-rows",
+                "must be at least 1 (or left out to read every row)",
+            ));
+        }
+        let mut builder = DatasetBuilder::new(opts.threshold);
+        read_interactions(format, input, opts.first_rows, &mut |r| builder.push(r))?;
+        let name = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "dataset".into());
+        let (mut dataset, report) = builder.finish(&name, opts);
+        if dataset.matrix.nnz() == 0 {
+            return Err(DataError::format(
+                input,
+                "no interactions left after reading and filtering (check --threshold and the k-core minimums)",
+            ));
+        }
+        if let Some(names) = read_item_names(format, input)? {
+            dataset.item_names = Some(
+                dataset
+                    .items
+                    .ids()
+                    .iter()
+                    .map(|id| names.get(id).cloned().unwrap_or_default())
+                    .collect(),
+            );
+        }
+        Ok((dataset, report))
+    }
+
     /// Build a dataset directly from records (tests, synthetic data, external callers).
     pub fn from_records<'a>(
         name: &str,

@@ -1,0 +1,170 @@
+//! `encore train`: fit a model on a dataset and split, evaluate it, write a run directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use encore_data::{Dataset, Split, SplitKind};
+use encore_eval::{evaluate, EvalOptions, MetricReport};
+use encore_models::{ModelScorer, Pop, Recommender};
+
+use crate::run::{self, RunInfo, RunMetrics};
+use crate::{data, models};
+
+#[derive(Args, Clone, Debug)]
+#[command(after_help = "Examples:\n  encore train --model pop --data data/ml-100k --split ratio --seed 2020\n  encore train --model pop --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/pop-external")]
+pub struct TrainArgs {
+    /// The model to train (see `encore train --help` for the list).
+    #[arg(long)]
+    pub model: String,
+    /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Split protocol: ratio, users, temporal or temporal-global.
+    #[arg(long, conflicts_with = "split_dir")]
+    pub split: Option<String>,
+    /// Train and evaluate on a saved split directory (train.tsv, valid.tsv, test.tsv, split.json).
+    #[arg(long)]
+    pub split_dir: Option<PathBuf>,
+    /// Seed for the split and the model.
+    #[arg(long, default_value_t = 2020)]
+    pub seed: u64,
+    /// Cut-offs to report.
+    #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
+    pub k: Vec<usize>,
+    /// Run directory (default runs/<model>-<dataset>-<split>-<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// What a finished training run reports.
+pub struct TrainResult {
+    pub run_dir: PathBuf,
+    pub valid: MetricReport,
+    pub test: MetricReport,
+    pub metrics: RunMetrics,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let result = train(&args)?;
+    println!("run directory: {}", result.run_dir.display());
+    let rows = vec![
+        ("valid".to_string(), &result.valid),
+        ("test".to_string(), &result.test),
+    ];
+    println!("{}", table(&rows, &args.k));
+    Ok(())
+}
+
+/// A results table with the main metrics at k = 10 (or the first k).
+pub fn table(rows: &[(String, &MetricReport)], ks: &[usize]) -> String {
+    let names = metric_names(ks);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    encore_eval::format_table(rows, &refs)
+}
+
+/// Metric columns for a results table.
+pub fn metric_names(ks: &[usize]) -> Vec<String> {
+    let k = if ks.contains(&10) { 10 } else { ks[0] };
+    ["ndcg", "mrr", "recall", "hit", "precision"]
+        .iter()
+        .map(|m| format!("{m}@{k}"))
+        .collect()
+}
+
+/// Resolve the dataset and split the arguments name.
+fn dataset_and_split(args: &TrainArgs) -> Result<(Dataset, Split)> {
+    let dataset = args.data.as_deref().map(data::load).transpose()?;
+    match (&args.split, &args.split_dir) {
+        (Some(_), Some(_)) => bail!("give either --split or --split-dir, not both"),
+        (_, Some(dir)) => {
+            let loaded = Split::load_dir(dir, dataset.as_ref())
+                .with_context(|| format!("loading the split in {}", dir.display()))?;
+            let ds = match dataset {
+                Some(ds) => ds,
+                None => run::dataset_from_split(&dir_name(dir), &loaded),
+            };
+            Ok((ds, loaded.split))
+        }
+        (split, None) => {
+            let Some(ds) = dataset else {
+                bail!("--data is required unless --split-dir is given");
+            };
+            let kind: SplitKind = split.as_deref().unwrap_or("ratio").parse()?;
+            let s = Split::make(&ds, kind, args.seed)?;
+            Ok((ds, s))
+        }
+    }
+}
+
+fn dir_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
+}
+
+/// Train, evaluate and record one run.
+pub fn train(args: &TrainArgs) -> Result<TrainResult> {
+    models::check_name(&args.model)?;
+    if args.k.is_empty() || args.k.contains(&0) {
+        bail!("--k: expected a comma-separated list of positive cut-offs, e.g. 5,10,20");
+    }
+    let (dataset, split) = dataset_and_split(args)?;
+    let run_dir = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}-{}-{}",
+            args.model, dataset.name, split.kind, args.seed
+        ))
+    });
+    let info = RunInfo {
+        model: args.model.clone(),
+        data: args.data.clone(),
+        dataset_name: dataset.name.clone(),
+        dataset_fingerprint: dataset.fingerprint(),
+        split: split.info(&dataset.fingerprint()),
+        seed: args.seed,
+        threads: rayon::current_num_threads(),
+        encore_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    run::create(&run_dir, &info, &dataset, &split)?;
+
+    let start = std::time::Instant::now();
+    let model: Box<dyn Recommender> = match args.model.as_str() {
+        "pop" => Box::new(Pop::fit(&split.train)),
+        other => bail!("--model {other}: not trainable here"),
+    };
+    let train_seconds = start.elapsed().as_secs_f64();
+    let model_dir = run_dir.join("model");
+    std::fs::create_dir_all(&model_dir)?;
+    model.save(&model_dir)?;
+
+    let (valid, test) = evaluate_split(model.as_ref(), &split, &args.k);
+    let mut metrics = RunMetrics::new(&valid, &test);
+    metrics.train_seconds = train_seconds;
+    run::write_json(&run_dir.join("metrics.json"), &metrics)?;
+    Ok(TrainResult {
+        run_dir,
+        valid,
+        test,
+        metrics,
+    })
+}
+
+/// Validation (excluding the model input) and test (excluding input and validation items).
+pub fn evaluate_split(
+    model: &dyn Recommender,
+    split: &Split,
+    ks: &[usize],
+) -> (MetricReport, MetricReport) {
+    let opts = EvalOptions {
+        ks: ks.to_vec(),
+        ..EvalOptions::default()
+    };
+    let scorer = ModelScorer {
+        model,
+        input: &split.input,
+    };
+    let valid = evaluate(&scorer, &[&split.input], &split.valid, &opts);
+    let test = evaluate(&scorer, &[&split.input, &split.valid], &split.test, &opts);
+    (valid, test)
+}
