@@ -1,0 +1,667 @@
+//! What the two autoencoders share: named parameters kept as plain `f32` buffers, a fused Adam,
+//! safetensors I/O, the sparse batch, the sparse first layer, initialisers and the random draws.
+//!
+//! # Why parameters live outside burn
+//!
+//! Each step copies the parameters into tracked burn tensors on the autodiff device, runs the
+//! forward pass and `backward`, reads the gradients back and applies Adam here. The copy is a
+//! memcpy of a few MB (cheap next to the matrix products), and in exchange the weights, the Adam
+//! moments and every counter are plain buffers: saving, loading, resuming and hashing them is
+//! trivial and exact, and the optimiser has no framework state to reconstruct.
+//!
+//! # Randomness
+//!
+//! Every random draw (initial weights, dropout masks, reparameterisation noise, Gumbel noise,
+//! batch order) is made here from a `ChaCha8Rng` (the trainer's stream during training), never
+//! by the tensor backend: burn's device seed is process-global, so a run would depend on what
+//! else ran before it. Draws are generated single-threaded in a fixed order, so results do not
+//! depend on the number of threads.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use encore_data::InteractionMatrix;
+use encore_models::ModelError;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+/// The CPU device used for training (with autodiff) and scoring (without).
+pub(crate) fn cpu() -> Device {
+    Device::flex()
+}
+
+/// One named parameter tensor (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Param {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A model's parameters in a fixed order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Params {
+    pub list: Vec<Param>,
+}
+
+impl Params {
+    pub fn push(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        self.list.push(Param {
+            name: name.to_string(),
+            shape,
+            data,
+        });
+    }
+
+    /// The tensor of parameter `i` on `device` (tracked when `device` has autodiff).
+    pub fn tensor<const D: usize>(&self, i: usize, device: &Device) -> Tensor<D> {
+        let p = &self.list[i];
+        let t = Tensor::<D>::from_data(TensorData::new(p.data.clone(), p.shape.clone()), device);
+        if device.is_autodiff() {
+            t.require_grad()
+        } else {
+            t
+        }
+    }
+
+    /// Write the parameters as a safetensors file (`prefix` + name for every tensor).
+    pub fn to_safetensors(&self, prefix: &str) -> Vec<(String, Vec<usize>, &[f32])> {
+        self.list
+            .iter()
+            .map(|p| {
+                (
+                    format!("{prefix}{}", p.name),
+                    p.shape.clone(),
+                    p.data.as_slice(),
+                )
+            })
+            .collect()
+    }
+
+    /// Fill every parameter from `tensors` (`prefix` + name), checking shapes.
+    pub fn fill_from(
+        &mut self,
+        tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        prefix: &str,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        for p in &mut self.list {
+            let key = format!("{prefix}{}", p.name);
+            let (shape, data) = tensors
+                .get(&key)
+                .ok_or_else(|| ModelError::format(path, format!("missing tensor `{key}`")))?;
+            if *shape != p.shape {
+                return Err(ModelError::format(
+                    path,
+                    format!(
+                        "tensor `{key}` has shape {shape:?}, the configuration needs {:?}",
+                        p.shape
+                    ),
+                ));
+            }
+            p.data.clone_from(data);
+        }
+        Ok(())
+    }
+}
+
+/// Write named f32 tensors to a safetensors file atomically.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f32])],
+) -> Result<(), ModelError> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::format(path, format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    let data = safetensors::serialize(views, &None)
+        .map_err(|e| ModelError::format(path, format!("cannot serialise: {e}")))?;
+    encore_models::config::write_atomic(path, &data)
+}
+
+/// Read every f32 tensor of a safetensors file.
+pub(crate) fn read_safetensors(
+    path: &Path,
+) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::tensor::Dtype::F32 {
+            return Err(ModelError::format(
+                path,
+                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+/// Adam (Kingma & Ba 2015) as PyTorch implements it (`eps` added to the bias-corrected
+/// `sqrt(v)`), no weight decay: the optimiser of both references (Liang et al. use
+/// TensorFlow's Adam, whose epsilon placement differs by a negligible amount).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Adam {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Steps taken.
+    pub t: u64,
+    pub m: Params,
+    pub v: Params,
+}
+
+impl Adam {
+    pub fn new(params: &Params, lr: f64) -> Self {
+        let zeros = Params {
+            list: params
+                .list
+                .iter()
+                .map(|p| Param {
+                    name: p.name.clone(),
+                    shape: p.shape.clone(),
+                    data: vec![0.0; p.data.len()],
+                })
+                .collect(),
+        };
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            t: 0,
+            m: zeros.clone(),
+            v: zeros,
+        }
+    }
+
+    /// One update of `params` with `grads` (same order and sizes; `None` = zero gradient).
+    pub fn step(&mut self, params: &mut Params, grads: &[Option<Vec<f32>>]) {
+        use rayon::prelude::*;
+        self.t += 1;
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let step = (self.lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let eps = self.eps as f32;
+        for (((p, m), v), g) in params
+            .list
+            .iter_mut()
+            .zip(&mut self.m.list)
+            .zip(&mut self.v.list)
+            .zip(grads)
+        {
+            let zero;
+            let g: &[f32] = match g {
+                Some(g) => g,
+                None => {
+                    zero = vec![0.0; p.data.len()];
+                    &zero
+                }
+            };
+            // Element-wise, so the chunking cannot change the result.
+            p.data
+                .par_chunks_mut(1 << 14)
+                .zip(m.data.par_chunks_mut(1 << 14))
+                .zip(v.data.par_chunks_mut(1 << 14))
+                .zip(g.par_chunks(1 << 14))
+                .for_each(|(((p, m), v), g)| {
+                    for j in 0..p.len() {
+                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                        p[j] -= step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
+                    }
+                });
+        }
+    }
+
+    /// The moments as safetensors entries (`adam.m.<name>`, `adam.v.<name>`).
+    pub fn to_safetensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        let mut out = self.m.to_safetensors("adam.m.");
+        out.extend(self.v.to_safetensors("adam.v."));
+        out
+    }
+
+    pub fn fill_from(
+        &mut self,
+        tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        self.m.fill_from(tensors, "adam.m.", path)?;
+        self.v.fill_from(tensors, "adam.v.", path)
+    }
+}
+
+/// The counters saved next to the weights in a training checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct TrainCounters {
+    /// Adam steps taken.
+    pub adam_steps: u64,
+    /// Gradient updates made, which drive the KL annealing (MODELS.md: part of the checkpoint;
+    /// a known bug elsewhere resets it each epoch).
+    pub updates: u64,
+}
+
+/// The KL weight `β = min(cap, update / total)` (Liang et al. §2.2.2), with `total = 0`
+/// meaning "no annealing, always the cap" (RecBole's convention).
+pub(crate) fn kl_weight(updates: u64, cap: f64, total: u64) -> f64 {
+    if total == 0 {
+        cap
+    } else {
+        cap.min(updates as f64 / total as f64)
+    }
+}
+
+/// Weight initialisers: Xavier/Glorot with uniform (Liang et al.'s TensorFlow
+/// `xavier_initializer`, Ma et al.'s as well) or normal (RecBole's `xavier_normal_`) draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    XavierUniform,
+    XavierNormal,
+}
+
+pub(crate) fn xavier(rng: &mut ChaCha8Rng, fan_in: usize, fan_out: usize, init: Init) -> Vec<f32> {
+    let n = fan_in * fan_out;
+    let denom = (fan_in + fan_out) as f64;
+    match init {
+        Init::XavierUniform => {
+            let a = (6.0 / denom).sqrt() as f32;
+            (0..n).map(|_| rng.random_range(-a..a)).collect()
+        }
+        Init::XavierNormal => {
+            let s = (2.0 / denom).sqrt() as f32;
+            (0..n).map(|_| s * normal(rng)).collect()
+        }
+    }
+}
+
+/// Biases drawn from N(0, std²) truncated at two standard deviations (Liang et al. use
+/// `truncated_normal(stddev=0.001)`); `std = 0` gives zeros (RecBole).
+pub(crate) fn bias(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
+    if std == 0.0 {
+        return vec![0.0; n];
+    }
+    (0..n)
+        .map(|_| loop {
+            let x = normal(rng);
+            if x.abs() <= 2.0 {
+                break x * std as f32;
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f32 {
+    StandardNormal.sample(rng)
+}
+
+/// `n` draws of N(0, std²).
+pub(crate) fn normals(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n).map(|_| std * normal(rng)).collect()
+}
+
+/// A batch of users' rows as coordinate lists, ready for the sparse first layer.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SparseBatch {
+    /// Rows in the batch.
+    pub n_rows: usize,
+    /// Batch row of each entry.
+    pub rows: Vec<i64>,
+    /// Item of each entry.
+    pub items: Vec<i64>,
+    /// Value of each entry.
+    pub values: Vec<f32>,
+}
+
+impl SparseBatch {
+    /// The rows of `users` in `m`, all values 1 (the binary interaction row `x_u`).
+    pub fn from_users(m: &InteractionMatrix, users: &[u32]) -> Self {
+        let mut b = SparseBatch {
+            n_rows: users.len(),
+            ..Default::default()
+        };
+        for (r, &u) in users.iter().enumerate() {
+            for &i in m.row(u as usize) {
+                b.rows.push(r as i64);
+                b.items.push(i as i64);
+                b.values.push(1.0);
+            }
+        }
+        b
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Divide each row by its L2 norm (PyTorch's `F.normalize`: rows of norm 0 stay 0).
+    pub fn l2_normalised(&self) -> Self {
+        let mut norms = vec![0f32; self.n_rows];
+        for (&r, &v) in self.rows.iter().zip(&self.values) {
+            norms[r as usize] += v * v;
+        }
+        let mut out = self.clone();
+        for (v, &r) in out.values.iter_mut().zip(&self.rows) {
+            *v /= norms[r as usize].sqrt().max(1e-12);
+        }
+        out
+    }
+
+    /// Inverted dropout on the entries: each is kept with probability `1 - p` and scaled by
+    /// `1 / (1 - p)`; dropped entries are removed (they would contribute zero). Entries that
+    /// were zero anyway are unaffected, so this equals dropout on the dense row.
+    pub fn dropout(&self, p: f64, rng: &mut ChaCha8Rng) -> Self {
+        if p <= 0.0 {
+            return self.clone();
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut out = SparseBatch {
+            n_rows: self.n_rows,
+            ..Default::default()
+        };
+        for e in 0..self.nnz() {
+            let keep = rng.random::<f64>() >= p;
+            if keep {
+                out.rows.push(self.rows[e]);
+                out.items.push(self.items[e]);
+                out.values.push(self.values[e] * scale);
+            }
+        }
+        out
+    }
+
+    /// Row-major flat positions `row * n_items + item` of the entries (to gather a row's
+    /// log-probabilities from a `[rows, items]` tensor).
+    pub fn flat_positions(&self, n_items: usize) -> Vec<i64> {
+        self.rows
+            .iter()
+            .zip(&self.items)
+            .map(|(&r, &i)| r * n_items as i64 + i)
+            .collect()
+    }
+}
+
+pub(crate) fn int_tensor(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
+    let n = v.len();
+    Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
+}
+
+pub(crate) fn float_tensor<const D: usize>(
+    v: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::<D>::from_data(TensorData::new(v, shape), device)
+}
+
+/// The sparse first layer `x W + b` for a batch of sparse rows (MODELS.md: "a sparse gather of
+/// weight rows and a scatter-add of their gradients, not a dense product"): gather the weight
+/// rows of the entries' items (`select`), scale each by its value, and add them into their
+/// batch rows (`select_assign` with `Add`). Autodiff turns the gather into a scatter-add of
+/// the gradients into `W`'s rows, and the value scaling into a gradient for `values` (which
+/// MacridVAE needs: its values depend on the facet assignments).
+///
+/// `w` is `[items, out]` (burn's `[d_input, d_output]` convention), `values` is `[nnz, 1]`.
+pub(crate) fn sparse_linear(
+    w: &Tensor<2>,
+    b: &Tensor<1>,
+    rows: &Tensor<1, Int>,
+    items: &Tensor<1, Int>,
+    values: Tensor<2>,
+    n_rows: usize,
+) -> Tensor<2> {
+    let out_dim = w.dims()[1];
+    let device = w.device();
+    let bias = b.clone().unsqueeze_dim::<2>(0);
+    if items.dims()[0] == 0 {
+        return Tensor::<2>::zeros([n_rows, out_dim], &device) + bias;
+    }
+    let gathered = w.clone().select(0, items.clone()) * values;
+    Tensor::<2>::zeros([n_rows, out_dim], &device).select_assign(
+        0,
+        rows.clone(),
+        gathered,
+        burn::tensor::IndexingUpdateOp::Add,
+    ) + bias
+}
+
+/// `x W + b` for a dense batch.
+pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Tensor<2> {
+    x.matmul(w.clone()) + b.clone().unsqueeze_dim::<2>(0)
+}
+
+/// Rows divided by their L2 norm (floored at 1e-12, as PyTorch's `F.normalize`).
+#[allow(dead_code)]
+pub(crate) fn l2_normalise_rows(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    x / norm
+}
+
+/// Read a tensor's values back to the host.
+pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .expect("float tensors hold f32 on the CPU backend")
+}
+
+/// The users of a training epoch in a random order drawn from `rng` (users with no training
+/// items are skipped: they contribute neither reconstruction loss nor signal).
+pub(crate) fn shuffled_users(train: &InteractionMatrix, rng: &mut ChaCha8Rng) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    let mut users = train.nonempty_users();
+    users.shuffle(rng);
+    users
+}
+
+/// Check that a history holds only items of the catalogue; return it sorted and deduplicated.
+pub(crate) fn checked_history(history: &[u32], n_items: usize) -> Result<Vec<u32>, ModelError> {
+    if let Some(&bad) = history.iter().find(|&&i| i as usize >= n_items) {
+        return Err(ModelError::Input(format!(
+            "item index {bad} is outside the catalogue of {n_items} items"
+        )));
+    }
+    let mut h = history.to_vec();
+    h.sort_unstable();
+    h.dedup();
+    Ok(h)
+}
+
+/// Check the `out` buffer size of a scoring call (a programming error if wrong).
+pub(crate) fn check_out(out: &[f32], users: usize, n_items: usize) {
+    assert_eq!(
+        out.len(),
+        users * n_items,
+        "score buffer must be users x items"
+    );
+}
+
+/// Write the model's `config.toml` and `meta.json` (`n_items`, model name) into `dir`.
+pub(crate) fn write_meta(
+    dir: &Path,
+    name: &str,
+    n_items: usize,
+    config_toml: &str,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    encore_models::config::write_atomic(&dir.join("config.toml"), config_toml.as_bytes())?;
+    let meta = serde_json::json!({ "model": name, "n_items": n_items, "format": 1 });
+    encore_models::config::write_atomic(
+        &dir.join("meta.json"),
+        serde_json::to_string_pretty(&meta)
+            .expect("json")
+            .as_bytes(),
+    )
+}
+
+/// Read `meta.json` and `config.toml` from a saved model folder, checking the model name.
+pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<(usize, toml::Table), ModelError> {
+    let meta_path = dir.join("meta.json");
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| ModelError::io(&meta_path, e))?;
+    let meta: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::format(&meta_path, format!("not valid JSON: {e}")))?;
+    let got = meta.get("model").and_then(|v| v.as_str()).unwrap_or("");
+    if got != name {
+        return Err(ModelError::format(
+            &meta_path,
+            format!("field `model`: this folder holds `{got}`, expected `{name}`"),
+        ));
+    }
+    let n_items = meta
+        .get("n_items")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| {
+            ModelError::format(
+                &meta_path,
+                "field `n_items`: expected a non-negative integer",
+            )
+        })? as usize;
+    let cfg_path = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let table = text
+        .parse::<toml::Table>()
+        .map_err(|e| ModelError::format(&cfg_path, format!("not a valid TOML document: {e}")))?;
+    Ok((n_items, table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    /// The sparse first layer against the dense product `X W + b`: same output, and autodiff
+    /// gives the same gradients for `W`, `b` and the values (duplicated items across rows
+    /// exercise the scatter-add of the weight gradient).
+    #[test]
+    fn sparse_linear_matches_dense_product_and_its_gradients() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (n_rows, n_items, out) = (3usize, 5usize, 4usize);
+        let rows = vec![0i64, 0, 1, 1, 1, 2];
+        let items = vec![1i64, 3, 0, 1, 4, 3];
+        let vals: Vec<f32> = normals(&mut rng, rows.len(), 1.0);
+        let w: Vec<f32> = normals(&mut rng, n_items * out, 1.0);
+        let b: Vec<f32> = normals(&mut rng, out, 1.0);
+        // A fixed upstream gradient: loss = sum(output * G).
+        let g: Vec<f32> = normals(&mut rng, n_rows * out, 1.0);
+        let device = cpu().autodiff();
+
+        let ws = float_tensor(w.clone(), [n_items, out], &device).require_grad();
+        let bs = float_tensor(b.clone(), [out], &device).require_grad();
+        let vs = float_tensor(vals.clone(), [rows.len(), 1], &device).require_grad();
+        let y = sparse_linear(
+            &ws,
+            &bs,
+            &int_tensor(rows.clone(), &device),
+            &int_tensor(items.clone(), &device),
+            vs.clone(),
+            n_rows,
+        );
+        let loss = (y.clone() * float_tensor(g.clone(), [n_rows, out], &device)).sum();
+        let grads = loss.backward();
+        let (gw, gb, gv) = (
+            to_vec(ws.grad(&grads).unwrap()),
+            to_vec(bs.grad(&grads).unwrap()),
+            to_vec(vs.grad(&grads).unwrap()),
+        );
+
+        // Dense reference: X as a dense [rows, items] matrix built from the tracked values
+        // (a scatter of the values via a one-hot product), then X W + b.
+        let wd = float_tensor(w, [n_items, out], &device).require_grad();
+        let bd = float_tensor(b, [out], &device).require_grad();
+        let vd = float_tensor(vals.clone(), [rows.len(), 1], &device).require_grad();
+        let mut pos = vec![0f32; n_rows * n_items * rows.len()];
+        for e in 0..rows.len() {
+            pos[(rows[e] as usize * n_items + items[e] as usize) * rows.len() + e] = 1.0;
+        }
+        let scatter = float_tensor(pos, [n_rows * n_items, rows.len()], &device);
+        let x = scatter.matmul(vd.clone()).reshape([n_rows, n_items]);
+        let yd = linear(x, &wd, &bd);
+        let lossd = (yd.clone() * float_tensor(g, [n_rows, out], &device)).sum();
+        let gradsd = lossd.backward();
+        let close = |a: &[f32], b: &[f32]| {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+            }
+        };
+        close(&to_vec(y), &to_vec(yd));
+        close(&gw, &to_vec(wd.grad(&gradsd).unwrap()));
+        close(&gb, &to_vec(bd.grad(&gradsd).unwrap()));
+        close(&gv, &to_vec(vd.grad(&gradsd).unwrap()));
+        // The weight rows of items 2 (absent) get no gradient; item 1 and 3 (twice) do.
+        assert!(gw[2 * out..3 * out].iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
+    fn sparse_linear_with_no_entries_is_the_bias() {
+        let device = cpu();
+        let w = float_tensor(vec![1.0; 6], [3, 2], &device);
+        let b = float_tensor(vec![0.5, -1.0], [2], &device);
+        let y = sparse_linear(
+            &w,
+            &b,
+            &int_tensor(vec![], &device),
+            &int_tensor(vec![], &device),
+            float_tensor(vec![], [0, 1], &device),
+            2,
+        );
+        assert_eq!(to_vec(y), vec![0.5, -1.0, 0.5, -1.0]);
+    }
+
+    #[test]
+    fn normalise_and_dropout_on_sparse_values() {
+        let m = InteractionMatrix::from_rows(4, &[vec![0u32, 1, 2, 3], vec![], vec![2]]);
+        let x = SparseBatch::from_users(&m, &[0, 1, 2]);
+        let n = x.l2_normalised();
+        assert_eq!(n.values, vec![0.5, 0.5, 0.5, 0.5, 1.0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let d = n.dropout(0.5, &mut rng);
+        assert!(d.values.iter().all(|&v| v == 1.0 || v == 2.0));
+        assert!(d.nnz() <= n.nnz());
+        assert_eq!(x.flat_positions(4), vec![0, 1, 2, 3, 10]);
+    }
+
+    /// Adam's first step moves every parameter by `lr` against the gradient's sign
+    /// (bias-corrected `m / sqrt(v) = g / |g|`).
+    #[test]
+    fn adam_first_step_is_lr_times_sign() {
+        let mut p = Params::default();
+        p.push("w", vec![3], vec![1.0, 1.0, 1.0]);
+        let mut adam = Adam::new(&p, 0.1);
+        adam.step(&mut p, &[Some(vec![2.0, -0.5, 0.0])]);
+        let w = &p.list[0].data;
+        assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6 && w[2] == 1.0);
+        assert_eq!(adam.t, 1);
+    }
+
+    #[test]
+    fn kl_weight_anneals_to_the_cap() {
+        assert_eq!(kl_weight(0, 0.2, 200_000), 0.0);
+        assert_eq!(kl_weight(20_000, 0.2, 200_000), 0.1);
+        assert_eq!(kl_weight(1_000_000, 0.2, 200_000), 0.2);
+        assert_eq!(kl_weight(5, 0.2, 0), 0.2);
+    }
+}

@@ -1,0 +1,680 @@
+//! MultiVAE (Liang et al. 2018, "Variational Autoencoders for Collaborative Filtering"; the
+//! reference is their released notebook), MODELS.md "MultiVAE".
+//!
+//! - Encoder input `x̃ = dropout(x_u / ‖x_u‖₂, p)` in training, `x_u / ‖x_u‖₂` when scoring.
+//! - Encoder `I → hidden (tanh) → 2d`, split into `μ` and `log σ²`.
+//! - `z = μ + σ ⊙ ε`, `ε ~ N(0, noise_std²)` in training; `z = μ` when scoring.
+//! - Decoder `d → hidden (tanh) → I` logits (the hidden sizes reversed).
+//! - Loss per user `−Σ_i x_ui log_softmax(logits)_i + β · KL(N(μ, σ²) ‖ N(0, 1))`, averaged over
+//!   the batch, `β = min(anneal_cap, updates / total_anneal_steps)`; the update counter is saved
+//!   with the training state, so annealing continues across epochs and resumes.
+//! - Adam, no weight decay.
+//!
+//! Presets: `original` (the notebook: `d = 200`, unit noise, batch 500, Xavier-uniform weights,
+//! biases from a truncated N(0, 0.001²)) and `recbole` (RecBole 1.2: `latent_dimension = 128`
+//! split into `μ | log σ²`, so the real `d = 64`; noise std 0.01; batch 2048 users;
+//! Xavier-normal weights, zero biases).
+//!
+//! Deviations, all negligible: β uses the update count before the step (the notebook's order;
+//! RecBole increments first, so its β is one step ahead); Adam's epsilon is PyTorch's placement
+//! for both presets.
+//!
+//! Weights are saved as safetensors with `[d_input, d_output]` matrices (burn's convention, the
+//! transpose of PyTorch's `nn.Linear.weight`): `encoder.0.weight` `[I, hidden]`,
+//! `encoder.0.bias`, ..., `decoder.<n>.weight` `[hidden, I]`, `decoder.<n>.bias`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor};
+use encore_data::InteractionMatrix;
+use encore_models::config::{check_range, ModelConfig, TrainerConfig};
+use encore_models::{EpochContext, ModelError, Recommender, Trainable};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    self, bias, check_out, checked_history, cpu, float_tensor, int_tensor, kl_weight, linear,
+    normals, read_meta, read_safetensors, sparse_linear, to_vec, write_meta, write_safetensors,
+    xavier, Adam, Init, Params, SparseBatch, TrainCounters,
+};
+
+/// MultiVAE's configuration (see the module documentation for the two presets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MultiVaeConfig {
+    /// `"original"` (Liang et al.'s notebook) or `"recbole"` (RecBole 1.2's defaults).
+    pub preset: String,
+    /// Hidden layer sizes of the encoder (the decoder uses them reversed). Each >= 1.
+    /// Both presets: `[600]`.
+    pub hidden_dims: Vec<usize>,
+    /// Latent size `d` (the encoder outputs `2d`). original 200; recbole 64 (its
+    /// `latent_dimension = 128` is split into `μ | log σ²`).
+    pub latent_dim: usize,
+    /// Input dropout probability, in `[0, 1)`. Both: 0.5.
+    pub dropout: f64,
+    /// Standard deviation of the reparameterisation noise `ε`. original 1.0; recbole 0.01.
+    pub noise_std: f64,
+    /// The largest KL weight `β`. Both: 0.2.
+    pub anneal_cap: f64,
+    /// Updates over which `β` grows linearly to the cap (0: always the cap). Both: 200,000.
+    pub total_anneal_steps: u64,
+    /// Adam learning rate, in `(0, 1]`. Both: 1e-3.
+    pub lr: f64,
+    /// Users per gradient step. original 500; recbole 2048.
+    pub batch_size: usize,
+    /// Weight initialiser: original `xavier_uniform`; recbole `xavier_normal`.
+    pub init: Init,
+    /// Standard deviation of the (truncated normal) bias initialisation; 0 gives zeros.
+    /// original 0.001; recbole 0.
+    pub bias_init_std: f64,
+    /// Seed of the initial weights.
+    pub init_seed: u64,
+}
+
+impl MultiVaeConfig {
+    /// The `original` preset.
+    pub fn original() -> Self {
+        MultiVaeConfig {
+            preset: "original".into(),
+            hidden_dims: vec![600],
+            latent_dim: 200,
+            dropout: 0.5,
+            noise_std: 1.0,
+            anneal_cap: 0.2,
+            total_anneal_steps: 200_000,
+            lr: 1e-3,
+            batch_size: 500,
+            init: Init::XavierUniform,
+            bias_init_std: 0.001,
+            init_seed: 2020,
+        }
+    }
+
+    /// The `recbole` preset.
+    pub fn recbole() -> Self {
+        MultiVaeConfig {
+            preset: "recbole".into(),
+            latent_dim: 64,
+            noise_std: 0.01,
+            batch_size: 2048,
+            init: Init::XavierNormal,
+            bias_init_std: 0.0,
+            ..Self::original()
+        }
+    }
+}
+
+impl ModelConfig for MultiVaeConfig {
+    const MODEL: &'static str = "multivae";
+
+    fn presets() -> &'static [&'static str] {
+        &["original", "recbole"]
+    }
+
+    fn preset(name: &str) -> Option<Self> {
+        match name {
+            "original" => Some(Self::original()),
+            "recbole" => Some(Self::recbole()),
+            _ => None,
+        }
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        if self.hidden_dims.is_empty() {
+            return Err(ModelError::config(
+                "hidden_dims",
+                "must list at least one hidden layer size",
+            ));
+        }
+        for &h in &self.hidden_dims {
+            check_range("hidden_dims", h, 1, 1 << 20)?;
+        }
+        check_range("latent_dim", self.latent_dim, 1, 1 << 20)?;
+        check_dropout(self.dropout)?;
+        check_range("noise_std", self.noise_std, 0.0, 1e3)?;
+        check_range("anneal_cap", self.anneal_cap, 0.0, 1e6)?;
+        check_lr(self.lr)?;
+        check_range("batch_size", self.batch_size, 1, 1 << 24)?;
+        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)
+    }
+
+    fn trainer_defaults(&self) -> TrainerConfig {
+        TrainerConfig {
+            // Liang et al.'s notebook trains 200 epochs; RecBole's default is 300.
+            epochs: if self.preset == "recbole" { 300 } else { 200 },
+            ..TrainerConfig::default()
+        }
+    }
+}
+
+pub(crate) fn check_dropout(p: f64) -> Result<(), ModelError> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(ModelError::config(
+            "dropout",
+            format!("must be in [0, 1), got {p}"),
+        ))
+    }
+}
+
+pub(crate) fn check_lr(lr: f64) -> Result<(), ModelError> {
+    if lr > 0.0 && lr <= 1.0 {
+        Ok(())
+    } else {
+        Err(ModelError::config(
+            "lr",
+            format!("must be in (0, 1], got {lr}"),
+        ))
+    }
+}
+
+/// Users scored per forward pass when scoring (bounds memory at this many rows x items).
+const SCORE_CHUNK: usize = 1024;
+
+/// A MultiVAE model: its configuration, weights, and training state.
+#[derive(Debug, Clone)]
+pub struct MultiVae {
+    config: MultiVaeConfig,
+    n_items: usize,
+    params: Params,
+    adam: Adam,
+    updates: u64,
+}
+
+/// The layer tensors of one forward pass.
+struct Layers {
+    ws: Vec<Tensor<2>>,
+    bs: Vec<Tensor<1>>,
+}
+
+impl Layers {
+    fn new(params: &Params, device: &Device) -> Self {
+        let n = params.list.len() / 2;
+        Layers {
+            ws: (0..n).map(|l| params.tensor::<2>(2 * l, device)).collect(),
+            bs: (0..n)
+                .map(|l| params.tensor::<1>(2 * l + 1, device))
+                .collect(),
+        }
+    }
+
+    /// The gradients in parameter order (weight, bias per layer).
+    fn grads(&self, grads: &burn::tensor::Gradients) -> Vec<Option<Vec<f32>>> {
+        self.ws
+            .iter()
+            .zip(&self.bs)
+            .flat_map(|(w, b)| [w.grad(grads).map(to_vec), b.grad(grads).map(to_vec)])
+            .collect()
+    }
+}
+
+/// One training step's loss parts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct StepLoss {
+    pub loss: f64,
+    pub recon: f64,
+    pub kl: f64,
+    pub beta: f64,
+}
+
+impl MultiVae {
+    /// A freshly initialised model for a catalogue of `n_items` (weights drawn from
+    /// `config.init_seed`). The configuration must have passed [`ModelConfig::check`].
+    pub fn new(config: MultiVaeConfig, n_items: usize) -> Result<Self, ModelError> {
+        config.check()?;
+        if n_items == 0 {
+            return Err(ModelError::Input("the catalogue is empty".into()));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
+        let d = config.latent_dim;
+        let mut enc = vec![n_items];
+        enc.extend(&config.hidden_dims);
+        enc.push(2 * d);
+        let mut dec = vec![d];
+        dec.extend(config.hidden_dims.iter().rev());
+        dec.push(n_items);
+        let mut params = Params::default();
+        for (part, dims) in [("encoder", &enc), ("decoder", &dec)] {
+            for l in 0..dims.len() - 1 {
+                let (i, o) = (dims[l], dims[l + 1]);
+                params.push(
+                    &format!("{part}.{l}.weight"),
+                    vec![i, o],
+                    xavier(&mut rng, i, o, config.init),
+                );
+                params.push(
+                    &format!("{part}.{l}.bias"),
+                    vec![o],
+                    bias(&mut rng, o, config.bias_init_std),
+                );
+            }
+        }
+        let adam = Adam::new(&params, config.lr);
+        Ok(MultiVae {
+            config,
+            n_items,
+            params,
+            adam,
+            updates: 0,
+        })
+    }
+
+    /// Load a model saved by [`Recommender::save`] (weights and configuration; no optimiser
+    /// state: use [`Trainable::load_state`] to resume training).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let (n_items, table) = read_meta(dir, MultiVaeConfig::MODEL)?;
+        let config = encore_models::config::resolve_table::<MultiVaeConfig>(table)
+            .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
+            .model;
+        let mut model = MultiVae::new(config, n_items)?;
+        let path = dir.join("model.safetensors");
+        let tensors = read_safetensors(&path)?;
+        model.params.fill_from(&tensors, "", &path)?;
+        Ok(model)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MultiVaeConfig {
+        &self.config
+    }
+
+    /// Gradient updates made so far (drives the KL annealing).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    fn n_encoder_layers(&self) -> usize {
+        self.config.hidden_dims.len() + 1
+    }
+
+    /// Encoder: `(μ, log σ²)` from a (normalised, possibly dropped-out) sparse batch.
+    fn encode(&self, layers: &Layers, x: &SparseBatch, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let nnz = x.nnz();
+        let mut h = sparse_linear(
+            &layers.ws[0],
+            &layers.bs[0],
+            &int_tensor(x.rows.clone(), device),
+            &int_tensor(x.items.clone(), device),
+            float_tensor(x.values.clone(), [nnz, 1], device),
+            x.n_rows,
+        );
+        for l in 1..self.n_encoder_layers() {
+            h = linear(h.tanh(), &layers.ws[l], &layers.bs[l]);
+        }
+        let d = self.config.latent_dim;
+        (h.clone().narrow(1, 0, d), h.narrow(1, d, d))
+    }
+
+    /// Decoder: item logits from latents.
+    fn decode(&self, layers: &Layers, z: Tensor<2>) -> Tensor<2> {
+        let first = self.n_encoder_layers();
+        let last = layers.ws.len() - 1;
+        let mut g = z;
+        for l in first..=last {
+            g = linear(g, &layers.ws[l], &layers.bs[l]);
+            if l != last {
+                g = g.tanh();
+            }
+        }
+        g
+    }
+
+    /// The loss of one batch on `device` (autodiff or not) with the given noise; returns the
+    /// loss tensor and its parts. `x` is the raw binary batch, `input` the encoder's input.
+    fn loss(
+        &self,
+        layers: &Layers,
+        x: &SparseBatch,
+        input: &SparseBatch,
+        eps: Vec<f32>,
+        beta: f64,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+        let b = x.n_rows;
+        let d = self.config.latent_dim;
+        let (mu, logvar) = self.encode(layers, input, device);
+        let eps = float_tensor(eps, [b, d], device);
+        let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
+        let logits = self.decode(layers, z);
+        let logp = log_softmax(logits, 1).reshape([b * self.n_items]);
+        let picked = logp.select(0, int_tensor(x.flat_positions(self.n_items), device));
+        let recon = picked.sum().neg().div_scalar(b as f64);
+        let kl = (logvar.clone().exp() - logvar + mu.square())
+            .sub_scalar(1.0)
+            .sum()
+            .mul_scalar(0.5 / b as f64);
+        let loss = recon.clone() + kl.clone().mul_scalar(beta);
+        (loss, recon, kl)
+    }
+
+    /// One gradient step on the users `users` of `train`.
+    pub(crate) fn step(
+        &mut self,
+        train: &InteractionMatrix,
+        users: &[u32],
+        rng: &mut ChaCha8Rng,
+    ) -> StepLoss {
+        let x = SparseBatch::from_users(train, users);
+        let input = x.l2_normalised().dropout(self.config.dropout, rng);
+        let eps = normals(
+            rng,
+            users.len() * self.config.latent_dim,
+            self.config.noise_std as f32,
+        );
+        let beta = kl_weight(
+            self.updates,
+            self.config.anneal_cap,
+            self.config.total_anneal_steps,
+        );
+        let device = cpu().autodiff();
+        let layers = Layers::new(&self.params, &device);
+        let (loss, recon, kl) = self.loss(&layers, &x, &input, eps, beta, &device);
+        let parts = StepLoss {
+            loss: to_vec(loss.clone())[0] as f64,
+            recon: to_vec(recon)[0] as f64,
+            kl: to_vec(kl)[0] as f64,
+            beta,
+        };
+        let grads = loss.backward();
+        let g = layers.grads(&grads);
+        self.adam.step(&mut self.params, &g);
+        self.updates += 1;
+        parts
+    }
+
+    /// Logits for a normalised sparse batch, without autodiff.
+    fn logits(&self, layers: &Layers, x: &SparseBatch, device: &Device) -> Vec<f32> {
+        let (mu, _) = self.encode(layers, x, device);
+        to_vec(self.decode(layers, mu))
+    }
+}
+
+impl Recommender for MultiVae {
+    fn name(&self) -> &'static str {
+        MultiVaeConfig::MODEL
+    }
+
+    fn n_items(&self) -> usize {
+        self.n_items
+    }
+
+    fn score_users(&self, users: &[u32], input: &InteractionMatrix, out: &mut [f32]) {
+        check_out(out, users.len(), self.n_items);
+        let device = cpu();
+        let layers = Layers::new(&self.params, &device);
+        for (chunk, out) in users
+            .chunks(SCORE_CHUNK)
+            .zip(out.chunks_mut(SCORE_CHUNK * self.n_items))
+        {
+            let x = SparseBatch::from_users(input, chunk).l2_normalised();
+            out.copy_from_slice(&self.logits(&layers, &x, &device));
+        }
+    }
+
+    fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
+        let h = checked_history(history, self.n_items)?;
+        if out.len() != self.n_items {
+            return Err(ModelError::Input(format!(
+                "score buffer has {} entries, the catalogue {}",
+                out.len(),
+                self.n_items
+            )));
+        }
+        let m = InteractionMatrix::from_rows(self.n_items, &[h]);
+        self.score_users(&[0], &m, out);
+        Ok(())
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let cfg = model_config_toml(&self.config)?;
+        write_meta(dir, self.name(), self.n_items, &cfg)?;
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &self.params.to_safetensors(""),
+        )
+    }
+}
+
+/// The model's configuration alone as a TOML document (`model = ...` and its keys).
+pub(crate) fn model_config_toml<T: ModelConfig>(config: &T) -> Result<String, ModelError> {
+    let mut table = toml::Table::new();
+    table.insert("model".into(), toml::Value::String(T::MODEL.into()));
+    table.extend(
+        toml::Table::try_from(config)
+            .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))?,
+    );
+    toml::to_string_pretty(&table)
+        .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))
+}
+
+impl Trainable for MultiVae {
+    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+        if ctx.train.n_items() != self.n_items {
+            return Err(ModelError::Input(format!(
+                "the training matrix has {} items, the model {}",
+                ctx.train.n_items(),
+                self.n_items
+            )));
+        }
+        let users = common::shuffled_users(ctx.train, ctx.rng);
+        let mut sums = [0f64; 4];
+        let mut n = 0usize;
+        for batch in users.chunks(self.config.batch_size) {
+            let s = self.step(ctx.train, batch, ctx.rng);
+            for (acc, v) in sums.iter_mut().zip([s.loss, s.recon, s.kl, s.beta]) {
+                *acc += v;
+            }
+            n += 1;
+            (ctx.progress)(batch.len() as u64);
+        }
+        let n = n.max(1) as f64;
+        Ok(["loss", "recon", "kl", "beta"]
+            .iter()
+            .zip(sums)
+            .map(|(k, v)| (k.to_string(), v / n))
+            .collect())
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        self.save(dir)?;
+        write_safetensors(&dir.join("adam.safetensors"), &self.adam.to_safetensors())?;
+        let counters = TrainCounters {
+            adam_steps: self.adam.t,
+            updates: self.updates,
+        };
+        encore_models::config::write_atomic(
+            &dir.join("counters.json"),
+            serde_json::to_string(&counters).expect("json").as_bytes(),
+        )
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let loaded = MultiVae::load(dir)?;
+        if loaded.n_items != self.n_items || loaded.config != self.config {
+            return Err(ModelError::format(
+                dir.join("config.toml"),
+                "the checkpoint's configuration or catalogue differs from this run's",
+            ));
+        }
+        self.params = loaded.params;
+        let path = dir.join("adam.safetensors");
+        self.adam.fill_from(&read_safetensors(&path)?, &path)?;
+        let cpath = dir.join("counters.json");
+        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
+        let c: TrainCounters = serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(&cpath, format!("not valid counters JSON: {e}")))?;
+        self.adam.t = c.adam_steps;
+        self.updates = c.updates;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config() -> MultiVaeConfig {
+        MultiVaeConfig {
+            hidden_dims: vec![5],
+            latent_dim: 3,
+            batch_size: 4,
+            ..MultiVaeConfig::original()
+        }
+    }
+
+    fn tiny_matrix() -> InteractionMatrix {
+        InteractionMatrix::from_rows(
+            7,
+            &[
+                vec![0u32, 1, 2],
+                vec![2, 3],
+                vec![4, 5, 6],
+                vec![0, 6],
+                vec![1, 3, 5],
+                vec![],
+            ],
+        )
+    }
+
+    /// The loss on a hand-made case: with all weights zero, the logits are 0, so the
+    /// reconstruction term is `n_u · ln I` per user, and with `μ = 0, log σ² = 0` the KL is 0.
+    #[test]
+    fn loss_on_zero_weights_is_n_log_items() {
+        let mut m = MultiVae::new(tiny_config(), 7).unwrap();
+        for p in &mut m.params.list {
+            p.data.iter_mut().for_each(|x| *x = 0.0);
+        }
+        let train = tiny_matrix();
+        let x = SparseBatch::from_users(&train, &[0, 1]);
+        let input = x.l2_normalised();
+        let device = cpu();
+        let layers = Layers::new(&m.params, &device);
+        let (loss, recon, kl) = m.loss(&layers, &x, &input, vec![0.3; 6], 0.2, &device);
+        let expect = (3.0 + 2.0) / 2.0 * (7f64).ln();
+        assert!((to_vec(recon)[0] as f64 - expect).abs() < 1e-5);
+        assert!(to_vec(kl)[0].abs() < 1e-7);
+        assert!((to_vec(loss)[0] as f64 - expect).abs() < 1e-5);
+    }
+
+    /// KL of a hand-made `μ, log σ²`: one user, `d = 1`, `μ = 1`, `log σ² = ln 2` gives
+    /// `0.5 (2 − ln 2 + 1 − 1) = 1 − ln 2 / 2`.
+    #[test]
+    fn kl_on_a_hand_made_case() {
+        let cfg = MultiVaeConfig {
+            hidden_dims: vec![1],
+            latent_dim: 1,
+            ..MultiVaeConfig::original()
+        };
+        let mut m = MultiVae::new(cfg, 2).unwrap();
+        // encoder.0: [2,1] zero weights, bias 0 -> h = tanh(0) = 0; encoder.1: [1,2] weights
+        // zero, bias [1, ln 2] -> μ = 1, log σ² = ln 2.
+        for p in &mut m.params.list {
+            p.data.iter_mut().for_each(|x| *x = 0.0);
+        }
+        m.params.list[3].data = vec![1.0, 2f32.ln()];
+        let train = InteractionMatrix::from_rows(2, &[vec![0u32]]);
+        let x = SparseBatch::from_users(&train, &[0]);
+        let device = cpu();
+        let layers = Layers::new(&m.params, &device);
+        let (_, _, kl) = m.loss(&layers, &x, &x.l2_normalised(), vec![0.0], 0.0, &device);
+        let expect = 1.0 - 2f64.ln() / 2.0;
+        assert!((to_vec(kl)[0] as f64 - expect).abs() < 1e-6);
+    }
+
+    #[test]
+    fn training_lowers_the_loss_and_counts_updates() {
+        let cfg = MultiVaeConfig {
+            dropout: 0.0,
+            noise_std: 0.01,
+            lr: 1e-2,
+            ..tiny_config()
+        };
+        let mut m = MultiVae::new(cfg, 7).unwrap();
+        let train = tiny_matrix();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let users = train.nonempty_users();
+        let first = m.step(&train, &users, &mut rng).recon;
+        let mut last = first;
+        for _ in 0..200 {
+            last = m.step(&train, &users, &mut rng).recon;
+        }
+        assert!(last < first * 0.8, "{first} -> {last}");
+        assert_eq!(m.updates(), 201);
+        assert_eq!(m.adam.t, 201);
+    }
+
+    #[test]
+    fn save_load_round_trip_gives_identical_scores() {
+        let mut m = MultiVae::new(tiny_config(), 7).unwrap();
+        let train = tiny_matrix();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        m.step(&train, &train.nonempty_users(), &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let back = MultiVae::load(dir.path()).unwrap();
+        let users: Vec<u32> = (0..6).collect();
+        let mut a = vec![0f32; 6 * 7];
+        let mut b = vec![0f32; 6 * 7];
+        m.score_users(&users, &train, &mut a);
+        back.score_users(&users, &train, &mut b);
+        assert_eq!(a, b);
+        let mut h = vec![0f32; 7];
+        back.score_history(&[2, 0, 1, 1], &mut h).unwrap();
+        assert_eq!(&h[..], &a[..7], "fold-in of user 0's history");
+        assert!(back.score_history(&[7], &mut h).is_err());
+    }
+
+    #[test]
+    fn load_rejects_another_model_and_bad_shapes() {
+        let m = MultiVae::new(tiny_config(), 7).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        // A catalogue size that disagrees with the weights.
+        std::fs::write(
+            dir.path().join("meta.json"),
+            r#"{"model":"multivae","n_items":8,"format":1}"#,
+        )
+        .unwrap();
+        let e = MultiVae::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("encoder.0.weight") && e.contains("model.safetensors"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("meta.json"),
+            r#"{"model":"macridvae","n_items":7,"format":1}"#,
+        )
+        .unwrap();
+        let e = MultiVae::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("meta.json") && e.contains("macridvae"), "{e}");
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        for (set, key) in [
+            ("dropout=1.0", "dropout"),
+            ("lr=0", "lr"),
+            ("latent_dim=0", "latent_dim"),
+            ("hidden_dims=[]", "hidden_dims"),
+            ("batch_size=0", "batch_size"),
+            ("init=\"he\"", "init"),
+            ("latent=3", "latent"),
+        ] {
+            let e = encore_models::config::resolve::<MultiVaeConfig>(None, &[set.to_string()])
+                .unwrap_err();
+            match e {
+                ModelError::Config { key: k, .. } => assert_eq!(k, key, "{set}"),
+                other => panic!("{set}: {other}"),
+            }
+        }
+        let c =
+            encore_models::config::resolve::<MultiVaeConfig>(None, &["preset=recbole".to_string()])
+                .unwrap();
+        assert_eq!(c.model, MultiVaeConfig::recbole());
+        assert_eq!(c.train.epochs, 300);
+    }
+}
