@@ -205,7 +205,7 @@ fn read_feature_lines<R: Read>(lines: &mut LineReader<R>) -> Result<FeatureTable
                     "empty file (expected a header: id, then one column per dimension)",
                 ))
             }
-            Some((_, l)) if l.is_empty() => {}
+            Some((_, [])) => {}
             Some((_, l)) => break l.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(l).to_vec(),
         }
     };
@@ -786,7 +786,7 @@ mod tests {
     fn npy(version: u8, header: &str, data: &[u8]) -> Vec<u8> {
         let len_bytes = if version == 1 { 2 } else { 4 };
         let mut h = header.to_owned();
-        while (10 + len_bytes - 2 + h.len() + 1) % 64 != 0 {
+        while !(10 + len_bytes - 2 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');
