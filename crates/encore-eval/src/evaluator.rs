@@ -360,3 +360,331 @@ pub fn evaluate_ranked_lists(
     }
     layout.report(users, values, n_skipped, opts.keep_per_user, started)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topk::rank_by_sort;
+    use proptest::prelude::*;
+
+    /// A scorer holding a dense users x items score table.
+    struct TableScorer {
+        n_items: usize,
+        scores: Vec<f32>,
+    }
+
+    impl Scorer for TableScorer {
+        fn n_items(&self) -> usize {
+            self.n_items
+        }
+        fn score_batch(&self, users: &[u32], out: &mut [f32]) {
+            for (row, &u) in out.chunks_exact_mut(self.n_items).zip(users) {
+                let u = u as usize;
+                row.copy_from_slice(&self.scores[u * self.n_items..(u + 1) * self.n_items]);
+            }
+        }
+    }
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-12, "{a} != {b}");
+    }
+
+    /// Four users, six items; see the comments for the hand-ranked lists.
+    fn toy() -> (TableScorer, InteractionMatrix, InteractionMatrix, InteractionMatrix) {
+        let nan = f32::NAN;
+        let ninf = f32::NEG_INFINITY;
+        #[rustfmt::skip]
+        let scores = vec![
+            0.9, 0.8, 0.7, 0.6, 0.5, 0.4,   // user 0: plain descending
+            0.5, 0.5, 0.5, 0.5, 0.5, 0.5,   // user 1: all tied
+            1.0, 1.0, 1.0, 0.2, 0.1, 0.3,   // user 2: best items are in its input
+            nan, 1.0, 2.0, ninf, 0.0, 3.0,  // user 3: NaN and -inf
+        ];
+        let input = InteractionMatrix::from_rows(6, &[vec![0u32], vec![], vec![0, 1, 2], vec![5]]);
+        let valid = InteractionMatrix::from_rows(6, &[vec![1u32, 3], vec![1], vec![], vec![4]]);
+        let test = InteractionMatrix::from_rows(6, &[vec![2u32], vec![], vec![5], vec![0]]);
+        (
+            TableScorer { n_items: 6, scores },
+            input,
+            valid,
+            test,
+        )
+    }
+
+    #[test]
+    fn validation_excludes_input_and_skips_users_without_targets() {
+        let (scorer, input, valid, _) = toy();
+        let opts = EvalOptions {
+            ks: vec![2],
+            batch_size: 3,
+            keep_per_user: true,
+        };
+        let r = evaluate(&scorer, &[&input], &valid, &opts);
+        // Lists at k = 2: user 0 [1, 2] (item 0 excluded) hits [1, 0], |R| = 2;
+        // user 1 [0, 1] (ties: lower index first) hits [0, 1], |R| = 1;
+        // user 3 [2, 1] (item 5 excluded) no hit, |R| = 1; user 2 has no target.
+        assert_eq!((r.n_evaluated, r.n_skipped), (3, 1));
+        let l3 = 1.0 / 3f64.log2();
+        close(r.get("ndcg@2").unwrap(), (1.0 / (1.0 + l3) + l3 + 0.0) / 3.0);
+        close(r.get("hit@2").unwrap(), 2.0 / 3.0);
+        close(r.get("mrr@2").unwrap(), 0.5);
+        close(r.get("precision@2").unwrap(), 1.0 / 3.0);
+        close(r.get("recall@2").unwrap(), 0.5);
+        close(r.get("recall_liang@2").unwrap(), 0.5);
+        assert_eq!(r.metrics.len(), 6);
+        let pu = r.per_user.as_ref().unwrap();
+        assert_eq!(pu.users, vec![0, 1, 3]);
+        assert_eq!(pu.get("mrr@2").unwrap(), &[1.0, 0.5, 0.0]);
+        assert_eq!(pu.get("recall@2").unwrap(), &[0.5, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn test_excludes_input_and_validation() {
+        let (scorer, input, valid, test) = toy();
+        let opts = EvalOptions {
+            ks: vec![4, 2, 4],
+            batch_size: 512,
+            keep_per_user: false,
+        };
+        let r = evaluate(&scorer, &[&input, &valid], &test, &opts);
+        // Full lists: user 0 [2, 4, 5] (0, 1, 3 excluded), |R| = 1, hit at 1;
+        // user 2 [5, 3, 4] (0, 1, 2 excluded), hit at 1;
+        // user 3 [2, 1, 3, 0] (5, 4 excluded; -inf before NaN), hit at 4. User 1 skipped.
+        assert_eq!((r.n_evaluated, r.n_skipped), (3, 1));
+        assert!(r.per_user.is_none());
+        assert_eq!(r.metrics.len(), 12);
+        close(r.get("hit@2").unwrap(), 2.0 / 3.0);
+        close(r.get("mrr@2").unwrap(), 2.0 / 3.0);
+        close(r.get("ndcg@2").unwrap(), 2.0 / 3.0);
+        close(r.get("precision@2").unwrap(), 1.0 / 3.0);
+        close(r.get("recall@2").unwrap(), 2.0 / 3.0);
+        close(r.get("recall_liang@2").unwrap(), 2.0 / 3.0);
+        close(r.get("hit@4").unwrap(), 1.0);
+        close(r.get("mrr@4").unwrap(), 0.75);
+        close(r.get("ndcg@4").unwrap(), (2.0 + 1.0 / 5f64.log2()) / 3.0);
+        // Fewer than k items left: precision still divides by k.
+        close(r.get("precision@4").unwrap(), 0.25);
+        close(r.get("recall@4").unwrap(), 1.0);
+        close(r.get("recall_liang@4").unwrap(), 1.0);
+    }
+
+    #[test]
+    fn no_evaluated_users_gives_zero_means() {
+        let (scorer, input, _, _) = toy();
+        let empty = InteractionMatrix::empty(4, 6);
+        let r = evaluate(&scorer, &[&input], &empty, &EvalOptions::default());
+        assert_eq!((r.n_evaluated, r.n_skipped), (0, 4));
+        assert_eq!(r.get("ndcg@10"), Some(0.0));
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let (_, input, valid, _) = toy();
+        let wide = InteractionMatrix::empty(4, 7);
+        assert!(check_shapes(6, &[&input], &valid).is_ok());
+        let e = check_shapes(6, &[&wide], &valid).unwrap_err().to_string();
+        assert!(e.contains("exclusion matrix 0 is 4 users x 7 items"), "{e}");
+        assert!(check_shapes(5, &[&input], &valid).is_err());
+        assert!(EvalOptions::default().validate().is_ok());
+        let bad = EvalOptions {
+            ks: vec![0],
+            ..EvalOptions::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn ranked_lists_unknown_items_missing_lists_and_exclusions() {
+        let targets = InteractionMatrix::from_rows(4, &[vec![1u32], vec![2], vec![3]]);
+        let input = InteractionMatrix::from_rows(4, &[vec![0u32], vec![], vec![]]);
+        // User 0: item 0 is excluded, so item 1 moves to rank 1. User 1: an unknown item takes
+        // rank 1, the hit is at rank 2. User 2 has no list (only two list slots).
+        let lists =
+            RankedLists::from_rows(4, &[vec![0u32, 1], vec![RankedLists::UNKNOWN, 2]]).unwrap();
+        let opts = EvalOptions {
+            ks: vec![1, 2],
+            batch_size: 1,
+            keep_per_user: true,
+        };
+        let r = evaluate_ranked_lists(&lists, &[&input], &targets, &opts);
+        assert_eq!((r.n_evaluated, r.n_skipped), (3, 0));
+        let pu = r.per_user.unwrap();
+        assert_eq!(pu.get("mrr@2").unwrap(), &[1.0, 0.5, 0.0]);
+        assert_eq!(pu.get("hit@1").unwrap(), &[1.0, 0.0, 0.0]);
+        assert_eq!(pu.get("precision@2").unwrap(), &[0.5, 0.5, 0.0]);
+    }
+
+    /// A random instance: scores with many ties, NaN and infinities; disjoint input / valid /
+    /// test rows.
+    #[derive(Debug, Clone)]
+    struct Instance {
+        n_users: usize,
+        n_items: usize,
+        scores: Vec<f32>,
+        input: InteractionMatrix,
+        valid: InteractionMatrix,
+        test: InteractionMatrix,
+    }
+
+    fn instance() -> impl Strategy<Value = Instance> {
+        (1usize..25, 1usize..50).prop_flat_map(|(n_users, n_items)| {
+            let cells = n_users * n_items;
+            let score = prop_oneof![
+                10 => (0i32..5).prop_map(|v| v as f32),
+                6 => -10.0f32..10.0,
+                1 => Just(f32::NAN),
+                1 => Just(f32::NEG_INFINITY),
+            ];
+            (
+                prop::collection::vec(score, cells),
+                prop::collection::vec(0u8..8, cells),
+            )
+                .prop_map(move |(scores, part)| {
+                    let mut rows = vec![vec![Vec::new(); n_users]; 3];
+                    for (c, &p) in part.iter().enumerate() {
+                        let (u, i) = (c / n_items, (c % n_items) as u32);
+                        match p {
+                            0 | 1 => rows[0][u].push(i),
+                            2 => rows[1][u].push(i),
+                            3 => rows[2][u].push(i),
+                            _ => {}
+                        }
+                    }
+                    Instance {
+                        n_users,
+                        n_items,
+                        scores,
+                        input: InteractionMatrix::from_rows(n_items, &rows[0]),
+                        valid: InteractionMatrix::from_rows(n_items, &rows[1]),
+                        test: InteractionMatrix::from_rows(n_items, &rows[2]),
+                    }
+                })
+        })
+    }
+
+    fn opts(batch_size: usize) -> EvalOptions {
+        EvalOptions {
+            ks: vec![1, 3, 10],
+            batch_size,
+            keep_per_user: true,
+        }
+    }
+
+    fn run(inst: &Instance, batch_size: usize) -> MetricReport {
+        let scorer = TableScorer {
+            n_items: inst.n_items,
+            scores: inst.scores.clone(),
+        };
+        evaluate(&scorer, &[&inst.input, &inst.valid], &inst.test, &opts(batch_size))
+    }
+
+    fn same(a: &MetricReport, b: &MetricReport) -> bool {
+        let bits = |r: &MetricReport| -> Vec<u64> { r.metrics.values().map(|v| v.to_bits()).collect() };
+        a.n_evaluated == b.n_evaluated
+            && a.n_skipped == b.n_skipped
+            && bits(a) == bits(b)
+            && a.per_user == b.per_user
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn independent_of_batch_size_order_and_threads(inst in instance(), seed in any::<u64>()) {
+            let all = run(&inst, inst.n_users);
+            prop_assert!(same(&all, &run(&inst, 1)));
+            prop_assert!(same(&all, &run(&inst, 97)));
+            prop_assert!(same(&all, &run(&inst, 2)));
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                prop_assert!(same(&all, &pool.install(|| run(&inst, 3))));
+            }
+            // Processing order: a seeded shuffle of the evaluated users.
+            let mut order = evaluated_users(&inst.test);
+            let mut state = seed | 1;
+            for i in (1..order.len()).rev() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                order.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let scorer = TableScorer { n_items: inst.n_items, scores: inst.scores.clone() };
+            let shuffled =
+                evaluate_in_order(&scorer, &[&inst.input, &inst.valid], &inst.test, &opts(4), &order);
+            prop_assert!(same(&all, &shuffled));
+        }
+
+        #[test]
+        fn agrees_with_a_full_sort_reference(inst in instance()) {
+            let r = run(&inst, 5);
+            let pu = r.per_user.as_ref().unwrap();
+            for (j, &u) in pu.users.iter().enumerate() {
+                let u = u as usize;
+                let mut excluded = Vec::new();
+                merge_sorted_into(&[inst.input.row(u), inst.valid.row(u)], &mut excluded);
+                let row = &inst.scores[u * inst.n_items..(u + 1) * inst.n_items];
+                let ranked = rank_by_sort(row, &excluded, 10);
+                let target = inst.test.row(u);
+                let hits: Vec<bool> = ranked.iter().map(|i| target.contains(i)).collect();
+                for k in [1, 3, 10] {
+                    let get = |m: &str| pu.get(&format!("{m}@{k}")).unwrap()[j];
+                    prop_assert_eq!(get("ndcg"), metrics::ndcg_at(&hits, target.len(), k));
+                    prop_assert_eq!(get("recall"), metrics::recall_at(&hits, target.len(), k));
+                    prop_assert_eq!(get("mrr"), metrics::mrr_at(&hits, k));
+                    prop_assert_eq!(get("precision"), metrics::precision_at(&hits, k));
+                }
+            }
+        }
+
+        #[test]
+        fn user_relabelling_permutes_per_user_values(inst in instance()) {
+            // Reverse the user order of every matrix and of the score table.
+            let n = inst.n_users;
+            let rev = |m: &InteractionMatrix| {
+                let rows: Vec<&[u32]> = (0..n).rev().map(|u| m.row(u)).collect();
+                InteractionMatrix::from_rows(inst.n_items, &rows)
+            };
+            let scores: Vec<f32> = (0..n)
+                .rev()
+                .flat_map(|u| inst.scores[u * inst.n_items..(u + 1) * inst.n_items].to_vec())
+                .collect();
+            let flipped = Instance {
+                scores,
+                input: rev(&inst.input),
+                valid: rev(&inst.valid),
+                test: rev(&inst.test),
+                ..inst.clone()
+            };
+            let a = run(&inst, 7);
+            let b = run(&flipped, 7);
+            let (pa, pb) = (a.per_user.as_ref().unwrap(), b.per_user.as_ref().unwrap());
+            for (name, va) in &pa.values {
+                let mut vb = pb.values[name].clone();
+                vb.reverse();
+                prop_assert_eq!(va, &vb);
+                let (ma, mb) = (a.metrics[name], b.metrics[name]);
+                prop_assert!((ma - mb).abs() <= 1e-12, "{} {} {}", name, ma, mb);
+            }
+        }
+
+        #[test]
+        fn ranked_lists_of_the_full_ranking_agree_with_evaluate(inst in instance()) {
+            let rows: Vec<Vec<u32>> = (0..inst.n_users)
+                .map(|u| {
+                    let row = &inst.scores[u * inst.n_items..(u + 1) * inst.n_items];
+                    rank_by_sort(row, &[], inst.n_items)
+                })
+                .collect();
+            let lists = RankedLists::from_rows(inst.n_items, &rows).unwrap();
+            for (exclude, targets) in [
+                (vec![&inst.input], &inst.valid),
+                (vec![&inst.input, &inst.valid], &inst.test),
+            ] {
+                let scorer = TableScorer { n_items: inst.n_items, scores: inst.scores.clone() };
+                let a = evaluate(&scorer, &exclude, targets, &opts(6));
+                let b = evaluate_ranked_lists(&lists, &exclude, targets, &opts(6));
+                prop_assert!(same(&a, &b));
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //! The pass keeps a small buffer of the best `k` entries so far, sorted best-first. Because
 //! items are visited in increasing index order, a new item that only ties the current k-th
 //! entry has the higher index and loses, so admission is a strict "better than the threshold".
-//! The scan checks 16 scores at a time against the threshold with a branch-free comparison that
+//! The scan checks 32 scores at a time against the threshold with a branch-free comparison that
 //! the compiler vectorises, and looks at single items only in the rare blocks that hold a
 //! candidate.
 
@@ -31,7 +31,7 @@ pub fn score_key(score: f32) -> u32 {
 }
 
 /// Scores checked per block in the fast path.
-const BLOCK: usize = 16;
+const BLOCK: usize = 32;
 
 /// The best `k` items seen so far, best first. Reused across users to avoid allocation.
 #[derive(Debug, Clone)]
@@ -98,51 +98,71 @@ impl TopK {
         }
     }
 
-    /// Offer the items `first..first + scores.len()` with the given scores, in index order.
-    pub fn scan(&mut self, scores: &[f32], first: u32) {
-        if self.k == 0 {
+    /// Offer item `item` with score `s` unless it cannot enter or is excluded. Items must come
+    /// in increasing index order (for the tie rule and for the exclusion cursor).
+    #[inline]
+    fn consider(&mut self, s: f32, item: u32, excluded: &mut ExclusionCursor) {
+        let t = self.threshold;
+        // A numeric threshold means the buffer is full and `s > t` is exactly "better than the
+        // k-th entry" (NaN compares false; -0.0 and +0.0 compare equal).
+        if !t.is_nan() && !(s > t) {
             return;
         }
-        let mut i = 0;
-        // Fill phase: until the buffer is full every item is admitted somewhere.
-        while i < scores.len() && self.keys.len() < self.k {
-            self.offer(score_key(scores[i]), first + i as u32, scores[i]);
-            i += 1;
+        if excluded.contains(item) {
+            return;
         }
-        while i + BLOCK <= scores.len() {
-            let block: &[f32; BLOCK] = scores[i..i + BLOCK].try_into().expect("block length");
-            let t = self.threshold;
-            // With a NaN threshold (the k-th entry is NaN) every comparison is false, so fall
-            // back to exact key comparisons.
-            let candidate = t.is_nan() || block.iter().fold(false, |acc, &s| acc | (s > t));
-            if candidate {
-                for (j, &s) in block.iter().enumerate() {
-                    self.offer(score_key(s), first + (i + j) as u32, s);
-                }
-            }
-            i += BLOCK;
-        }
-        while i < scores.len() {
-            self.offer(score_key(scores[i]), first + i as u32, scores[i]);
-            i += 1;
-        }
+        self.offer(score_key(s), item, s);
     }
 
     /// Select the best `k` items of `scores` (item `i` has score `scores[i]`), skipping the
-    /// items in `excluded` (sorted ascending, unique, each `< scores.len()`).
+    /// items in `excluded` (sorted ascending, unique).
+    ///
+    /// One sweep over the row: blocks of [`BLOCK`] scores are compared with the threshold (the
+    /// k-th best score so far, which only rises) without branches, and only blocks holding a
+    /// score above it are looked at item by item. Exclusions are checked only for those items,
+    /// with a cursor that moves forward through `excluded`, so they cost nothing in the sweep.
     pub fn select(&mut self, scores: &[f32], excluded: &[u32]) {
         self.clear();
-        let mut start = 0usize;
-        for &e in excluded {
-            let e = e as usize;
-            if e > start {
-                self.scan(&scores[start..e], start as u32);
+        if self.k == 0 {
+            return;
+        }
+        let mut cursor = ExclusionCursor {
+            list: excluded,
+            pos: 0,
+        };
+        let mut blocks = scores.chunks_exact(BLOCK);
+        let mut base = 0u32;
+        for block in &mut blocks {
+            let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives BLOCK");
+            let t = self.threshold;
+            // With a NaN threshold (buffer not full yet, or its k-th entry is NaN) every
+            // comparison is false, so every item is considered exactly.
+            if t.is_nan() || block.iter().fold(false, |acc, &s| acc | (s > t)) {
+                for (j, &s) in block.iter().enumerate() {
+                    self.consider(s, base + j as u32, &mut cursor);
+                }
             }
-            start = e + 1;
+            base += BLOCK as u32;
         }
-        if start < scores.len() {
-            self.scan(&scores[start..], start as u32);
+        for (j, &s) in blocks.remainder().iter().enumerate() {
+            self.consider(s, base + j as u32, &mut cursor);
         }
+    }
+}
+
+/// Membership in a sorted exclusion list for queries in increasing order (amortised O(1)).
+struct ExclusionCursor<'a> {
+    list: &'a [u32],
+    pos: usize,
+}
+
+impl ExclusionCursor<'_> {
+    #[inline]
+    fn contains(&mut self, item: u32) -> bool {
+        while self.pos < self.list.len() && self.list[self.pos] < item {
+            self.pos += 1;
+        }
+        self.pos < self.list.len() && self.list[self.pos] == item
     }
 }
 
