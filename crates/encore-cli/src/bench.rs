@@ -56,7 +56,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rows: Vec<(String, String, String)> = Vec::new();
     if !world.exists() {
         let t = Instant::now();
-        let w = synth::generate(&SynthConfig::preset(preset), args.seed);
+        let w = synth::generate(&SynthConfig::preset(preset), args.seed)?;
         synth::write_onion_layout(&w, &world)?;
         rows.push((
             "generate + write world".into(),

@@ -205,7 +205,7 @@ pub fn synthesise(preset: Preset, seed: u64, out: &Path) -> Result<String> {
     if out.exists() {
         bail!("--out {}: already exists; choose a new directory", out.display());
     }
-    let world = synth::generate(&SynthConfig::preset(preset), seed);
+    let world = synth::generate(&SynthConfig::preset(preset), seed)?;
     synth::write_onion_layout(&world, out)
         .with_context(|| format!("writing the synthetic world to {}", out.display()))?;
     Ok(world.stats().to_string())

@@ -74,7 +74,10 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         Part::Test => evaluate_ranked_lists(&lists, &[&s.input, &s.valid], &s.test, &opts),
         Part::Valid => evaluate_ranked_lists(&lists, &[&s.input], &s.valid, &opts),
     };
-    println!("{stats}");
+    println!(
+        "read {} lines: {} users with a list, {} lines of unknown users skipped, {} entries with unknown items kept as misses",
+        stats.lines, stats.users_with_list, stats.unknown_user_lines, stats.unknown_item_lines
+    );
     let label = format!("{:?}", args.on).to_lowercase();
     println!("{}", table(&[(label, &report)], &args.k));
     println!(
