@@ -260,6 +260,9 @@ impl Split {
                 "the temporal-global split needs timestamps, and this dataset has none",
             )
         })?;
+        if ts.is_empty() {
+            return Err(DataError::parameter("split", "the dataset has no interactions to split"));
+        }
         let mut sorted = ts.to_vec();
         sorted.sort_unstable();
         let cut = |q: f64| sorted[((q * sorted.len() as f64) as usize).min(sorted.len() - 1)];
@@ -269,10 +272,10 @@ impl Split {
             vec![Vec::new(); m.n_users()],
             vec![Vec::new(); m.n_users()],
         ];
-        for u in 0..m.n_users() {
-            let start = m.indptr()[u] as usize;
-            for (k, &i) in m.row(u).iter().enumerate() {
-                let t = ts[start + k];
+        let indptr = m.indptr();
+        for (u, w) in indptr.windows(2).enumerate() {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            for (&i, &t) in m.indices()[start..end].iter().zip(&ts[start..end]) {
                 let part = if t <= t80 {
                     0
                 } else if t <= t90 {
