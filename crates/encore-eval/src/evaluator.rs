@@ -50,7 +50,9 @@ impl EvalOptions {
     /// `batch_size >= 1`. [`evaluate`] itself accepts anything (see the field docs).
     pub fn validate(&self) -> Result<(), EvalError> {
         if self.ks.is_empty() {
-            return Err(EvalError::Shape("no cut-off k given (expected e.g. [10])".into()));
+            return Err(EvalError::Shape(
+                "no cut-off k given (expected e.g. [10])".into(),
+            ));
         }
         if self.ks.contains(&0) {
             return Err(EvalError::Shape("cut-off k = 0 (expected k >= 1)".into()));
@@ -187,7 +189,11 @@ impl Layout {
     fn names(&self) -> Vec<String> {
         self.ks
             .iter()
-            .flat_map(|&k| METRIC_FAMILIES.iter().map(move |f| metrics::metric_key(f, k)))
+            .flat_map(|&k| {
+                METRIC_FAMILIES
+                    .iter()
+                    .map(move |f| metrics::metric_key(f, k))
+            })
             .collect()
     }
 
@@ -229,7 +235,12 @@ impl Layout {
             values: names
                 .iter()
                 .enumerate()
-                .map(|(j, name)| (name.clone(), (0..n).map(|u| values[u * width + j]).collect()))
+                .map(|(j, name)| {
+                    (
+                        name.clone(),
+                        (0..n).map(|u| values[u * width + j]).collect(),
+                    )
+                })
                 .collect(),
             users,
         });
@@ -390,7 +401,12 @@ mod tests {
     }
 
     /// Four users, six items; see the comments for the hand-ranked lists.
-    fn toy() -> (TableScorer, InteractionMatrix, InteractionMatrix, InteractionMatrix) {
+    fn toy() -> (
+        TableScorer,
+        InteractionMatrix,
+        InteractionMatrix,
+        InteractionMatrix,
+    ) {
         let nan = f32::NAN;
         let ninf = f32::NEG_INFINITY;
         #[rustfmt::skip]
@@ -403,12 +419,7 @@ mod tests {
         let input = InteractionMatrix::from_rows(6, &[vec![0u32], vec![], vec![0, 1, 2], vec![5]]);
         let valid = InteractionMatrix::from_rows(6, &[vec![1u32, 3], vec![1], vec![], vec![4]]);
         let test = InteractionMatrix::from_rows(6, &[vec![2u32], vec![], vec![5], vec![0]]);
-        (
-            TableScorer { n_items: 6, scores },
-            input,
-            valid,
-            test,
-        )
+        (TableScorer { n_items: 6, scores }, input, valid, test)
     }
 
     #[test]
@@ -425,7 +436,10 @@ mod tests {
         // user 3 [2, 1] (item 5 excluded) no hit, |R| = 1; user 2 has no target.
         assert_eq!((r.n_evaluated, r.n_skipped), (3, 1));
         let l3 = 1.0 / 3f64.log2();
-        close(r.get("ndcg@2").unwrap(), (1.0 / (1.0 + l3) + l3 + 0.0) / 3.0);
+        close(
+            r.get("ndcg@2").unwrap(),
+            (1.0 / (1.0 + l3) + l3 + 0.0) / 3.0,
+        );
         close(r.get("hit@2").unwrap(), 2.0 / 3.0);
         close(r.get("mrr@2").unwrap(), 0.5);
         close(r.get("precision@2").unwrap(), 1.0 / 3.0);
@@ -575,11 +589,17 @@ mod tests {
             n_items: inst.n_items,
             scores: inst.scores.clone(),
         };
-        evaluate(&scorer, &[&inst.input, &inst.valid], &inst.test, &opts(batch_size))
+        evaluate(
+            &scorer,
+            &[&inst.input, &inst.valid],
+            &inst.test,
+            &opts(batch_size),
+        )
     }
 
     fn same(a: &MetricReport, b: &MetricReport) -> bool {
-        let bits = |r: &MetricReport| -> Vec<u64> { r.metrics.values().map(|v| v.to_bits()).collect() };
+        let bits =
+            |r: &MetricReport| -> Vec<u64> { r.metrics.values().map(|v| v.to_bits()).collect() };
         a.n_evaluated == b.n_evaluated
             && a.n_skipped == b.n_skipped
             && bits(a) == bits(b)

@@ -12,7 +12,8 @@
 //! gives 0 for the metrics divided by |R|, and `k == 0` gives 0 everywhere.
 
 /// The metric families, in the order the evaluator stores them per cut-off.
-pub const METRIC_FAMILIES: [&str; 6] = ["hit", "mrr", "ndcg", "precision", "recall", "recall_liang"];
+pub const METRIC_FAMILIES: [&str; 6] =
+    ["hit", "mrr", "ndcg", "precision", "recall", "recall_liang"];
 
 /// The report key of a metric at a cut-off, e.g. `metric_key("ndcg", 10) == "ndcg@10"`.
 pub fn metric_key(family: &str, k: usize) -> String {

@@ -168,7 +168,11 @@ pub fn read_ranked_lists(
             }
         }
         let text = std::str::from_utf8(bytes).map_err(|e| {
-            let column = bytes[..e.valid_up_to()].iter().filter(|&&c| c == b'\t').count() + 1;
+            let column = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&c| c == b'\t')
+                .count()
+                + 1;
             parse_err(line_no, column, "not valid UTF-8".into())
         })?;
         if !header_seen {
@@ -397,4 +401,190 @@ fn check_header(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn maps() -> (IdMap, IdMap) {
+        let users = IdMap::from_ids(vec!["u0".into(), "u1".into(), "u2".into()]).unwrap();
+        let items = IdMap::from_ids(vec!["a".into(), "b".into(), "c".into(), "d".into()]).unwrap();
+        (users, items)
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+        let path = dir.path().join("lists.tsv");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        path
+    }
+
+    fn read(text: &str) -> Result<(RankedLists, RankedListStats), EvalError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, text);
+        let (users, items) = maps();
+        read_ranked_lists(&path, &users, &items)
+    }
+
+    #[test]
+    fn reads_sorts_and_counts() {
+        let text = "\u{feff}user_id\titem_id\trank\r\n\
+                    u1\tc\t5\r\n\
+                    u1\ta\t2\r\n\
+                    \r\n\
+                    ghost\ta\t1\n\
+                    u0\tzzz\t1\n\
+                    u0\td\t2\n\
+                    u1\tzzz\t9\n\
+                    ghost\tb\t2\n\
+                    other\tb\t 1 \n";
+        let (lists, stats) = read(text).unwrap();
+        assert_eq!(lists.n_users(), 3);
+        assert_eq!(lists.n_items(), 4);
+        assert_eq!(lists.list(0), &[RankedLists::UNKNOWN, 3]);
+        // Ranks 2, 5, 9 close up to positions 1, 2, 3.
+        assert_eq!(lists.list(1), &[0, 2, RankedLists::UNKNOWN]);
+        assert!(lists.list(2).is_empty());
+        assert!(lists.list(99).is_empty());
+        assert_eq!(
+            stats,
+            RankedListStats {
+                lines: 8,
+                entries: 5,
+                users_with_list: 2,
+                unknown_user_lines: 3,
+                unknown_users: 2,
+                unknown_item_lines: 2,
+                unknown_items: 1,
+            }
+        );
+    }
+
+    fn parse_position(e: EvalError) -> (u64, usize, String) {
+        match e {
+            EvalError::Parse {
+                line,
+                column,
+                message,
+                ..
+            } => (line, column, message),
+            other => panic!("expected a parse error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn bad_headers_name_the_column() {
+        let (l, c, m) = parse_position(read("user\titem_id\trank\n").unwrap_err());
+        assert_eq!((l, c), (1, 1));
+        assert!(m.contains("expected 'user_id'"), "{m}");
+        let (l, c, _) = parse_position(read("user_id\titem_id\n").unwrap_err());
+        assert_eq!((l, c), (1, 3));
+        let (l, c, _) = parse_position(read("user_id\titem_id\trank\tscore\n").unwrap_err());
+        assert_eq!((l, c), (1, 4));
+        let (l, c, _) = parse_position(read("user_id,item_id,rank\n").unwrap_err());
+        assert_eq!((l, c), (1, 1));
+    }
+
+    #[test]
+    fn bad_lines_name_line_and_column() {
+        let head = "user_id\titem_id\trank\n";
+        let cases = [
+            ("u0\ta\t1\nu0\tb\tx\n", 3, 3, "not an integer"),
+            ("u0\ta\t1.5\n", 2, 3, "not an integer"),
+            ("u0\ta\t-1\n", 2, 3, "not an integer"),
+            ("u0\ta\t0\n", 2, 3, ">= 1"),
+            ("u0\ta\n", 2, 3, "missing field"),
+            ("u0\n", 2, 2, "missing field"),
+            ("u0\ta\t1\t7\n", 2, 4, "extra field"),
+            ("\ta\t1\n", 2, 1, "empty id"),
+            ("u0\t\t1\n", 2, 2, "empty id"),
+        ];
+        for (body, line, column, needle) in cases {
+            let err = read(&format!("{head}{body}")).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.contains("lists.tsv"), "{shown}");
+            let (l, c, m) = parse_position(err);
+            assert_eq!((l, c), (line, column), "{body:?}: {m}");
+            assert!(m.contains(needle), "{body:?}: {m}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lists.tsv");
+        std::fs::write(&path, b"user_id\titem_id\trank\nu0\t\xff\t1\n").unwrap();
+        let (users, items) = maps();
+        let (l, c, m) = parse_position(read_ranked_lists(&path, &users, &items).unwrap_err());
+        assert_eq!((l, c), (2, 2));
+        assert!(m.contains("UTF-8"));
+    }
+
+    #[test]
+    fn duplicates_name_both_lines() {
+        let head = "user_id\titem_id\trank\n";
+        let err = read(&format!("{head}u0\ta\t1\nu1\ta\t1\nu0\tb\t1\n")).unwrap_err();
+        match &err {
+            EvalError::Duplicate {
+                line,
+                first_line,
+                message,
+                ..
+            } => {
+                assert_eq!((*line, *first_line), (4, 2));
+                assert!(message.contains("rank 1 twice"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("lists.tsv:4"), "{err}");
+        let err = read(&format!("{head}u0\ta\t1\nu0\tb\t2\nu0\ta\t3\n")).unwrap_err();
+        match err {
+            EvalError::Duplicate {
+                line,
+                first_line,
+                message,
+                ..
+            } => {
+                assert_eq!((line, first_line), (4, 2));
+                assert!(message.contains("item 'a' twice"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        // An unknown item repeated is a duplicate too; the earliest repeat in the file wins.
+        let err = read(&format!("{head}u1\tq\t1\nu1\tq\t2\nu0\tb\t1\nu0\tc\t1\n")).unwrap_err();
+        match err {
+            EvalError::Duplicate { line, message, .. } => {
+                assert_eq!(line, 3);
+                assert!(message.contains("item 'q' twice"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+        // Duplicates among unknown users are not checked: those lines are skipped.
+        assert!(read(&format!("{head}x\ta\t1\nx\ta\t1\n")).is_ok());
+    }
+
+    #[test]
+    fn empty_and_missing_files() {
+        assert!(matches!(read("").unwrap_err(), EvalError::Format { .. }));
+        let (lists, stats) = read("user_id\titem_id\trank\n").unwrap();
+        assert_eq!(stats.lines, 0);
+        assert!(lists.list(0).is_empty());
+        let (users, items) = maps();
+        let err = read_ranked_lists(Path::new("/nonexistent/lists.tsv"), &users, &items);
+        assert!(matches!(err.unwrap_err(), EvalError::Io { .. }));
+    }
+
+    #[test]
+    fn from_rows_checks_items() {
+        assert!(RankedLists::from_rows(3, &[vec![0u32, 3]]).is_err());
+        assert!(RankedLists::from_rows(3, &[vec![1u32, 1]]).is_err());
+        let ok =
+            RankedLists::from_rows(3, &[vec![1u32, RankedLists::UNKNOWN, RankedLists::UNKNOWN]])
+                .unwrap();
+        assert_eq!(ok.list(0).len(), 3);
+    }
 }

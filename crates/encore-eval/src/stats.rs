@@ -14,7 +14,11 @@
 /// # Panics
 /// If `a` and `b` differ in length (the values must be paired).
 pub fn paired_t_test(a: &[f64], b: &[f64]) -> (f64, f64) {
-    assert_eq!(a.len(), b.len(), "paired_t_test needs paired samples of equal length");
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "paired_t_test needs paired samples of equal length"
+    );
     let n = a.len();
     if n < 2 {
         return (f64::NAN, f64::NAN);
@@ -60,8 +64,7 @@ pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
 /// continued fraction of Numerical Recipes (3rd ed., §6.4, modified Lentz), using the symmetry
 /// `I_x(a, b) = 1 - I_{1-x}(b, a)` where the fraction converges slowly.
 pub fn regularized_incomplete_beta(x: f64, a: f64, b: f64) -> f64 {
-    if x.is_nan() || a.is_nan() || b.is_nan() || a <= 0.0 || b <= 0.0 || !(0.0..=1.0).contains(&x)
-    {
+    if x.is_nan() || a.is_nan() || b.is_nan() || a <= 0.0 || b <= 0.0 || !(0.0..=1.0).contains(&x) {
         return f64::NAN;
     }
     if x == 0.0 || x == 1.0 {
@@ -170,7 +173,11 @@ mod tests {
         // I_x(1, 1) = x; I_x(a, 1) = x^a; I_x(1, b) = 1 - (1 - x)^b.
         close(regularized_incomplete_beta(0.3, 1.0, 1.0), 0.3, 1e-14);
         close(regularized_incomplete_beta(0.6, 3.0, 1.0), 0.216, 1e-14);
-        close(regularized_incomplete_beta(0.2, 1.0, 4.0), 1.0 - 0.8f64.powi(4), 1e-14);
+        close(
+            regularized_incomplete_beta(0.2, 1.0, 4.0),
+            1.0 - 0.8f64.powi(4),
+            1e-14,
+        );
         assert!(regularized_incomplete_beta(1.5, 1.0, 1.0).is_nan());
     }
 
@@ -179,9 +186,17 @@ mod tests {
         // df = 1 is Cauchy: P(|T| >= 1) = 1/2.
         close(student_t_two_sided(1.0, 1.0), 0.5, 1e-13);
         // df = 2: P(|T| >= t) = 1 - t / sqrt(t² + 2).
-        close(student_t_two_sided(1.5, 2.0), 1.0 - 1.5 / (4.25f64).sqrt(), 1e-13);
+        close(
+            student_t_two_sided(1.5, 2.0),
+            1.0 - 1.5 / (4.25f64).sqrt(),
+            1e-13,
+        );
         // Table quantiles: t_{0.975, 10} = 2.2281388519649385, t_{0.995, 5} = 4.032142983557536.
-        close(student_t_two_sided(2.228_138_851_964_938_5, 10.0), 0.05, 1e-10);
+        close(
+            student_t_two_sided(2.228_138_851_964_938_5, 10.0),
+            0.05,
+            1e-10,
+        );
         close(student_t_two_sided(4.032_142_983_557_536, 5.0), 0.01, 1e-10);
         close(student_t_two_sided(0.0, 7.0), 1.0, 1e-14);
         // Large df approaches the normal: P(|Z| >= 1.959963984540054) = 0.05.
@@ -211,7 +226,10 @@ mod tests {
     fn paired_test_edge_cases() {
         assert!(paired_t_test(&[1.0], &[0.0]).0.is_nan());
         assert_eq!(paired_t_test(&[1.0, 2.0], &[1.0, 2.0]), (0.0, 1.0));
-        assert_eq!(paired_t_test(&[2.0, 3.0], &[1.0, 2.0]), (f64::INFINITY, 0.0));
+        assert_eq!(
+            paired_t_test(&[2.0, 3.0], &[1.0, 2.0]),
+            (f64::INFINITY, 0.0)
+        );
         assert!(paired_t_test(&[f64::NAN, 1.0], &[0.0, 0.0]).1.is_nan());
     }
 }

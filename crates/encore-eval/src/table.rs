@@ -82,7 +82,11 @@ pub fn format_markdown_table(rows: &[(String, &MetricReport)], metric_names: &[&
     let mut out = String::new();
     out.push_str(&format!(
         "| {} |\n",
-        header.iter().map(|s| esc(s)).collect::<Vec<_>>().join(" | ")
+        header
+            .iter()
+            .map(|s| esc(s))
+            .collect::<Vec<_>>()
+            .join(" | ")
     ));
     let align: Vec<&str> = (0..header.len())
         .map(|c| if c == 0 { "---" } else { "---:" })

@@ -105,10 +105,8 @@ impl TopK {
         let t = self.threshold;
         // A numeric threshold means the buffer is full and `s > t` is exactly "better than the
         // k-th entry" (NaN compares false; -0.0 and +0.0 compare equal).
-        if !t.is_nan() && !(s > t) {
-            return;
-        }
-        if excluded.contains(item) {
+        let may_enter = t.is_nan() || s > t;
+        if !may_enter || excluded.contains(item) {
             return;
         }
         self.offer(score_key(s), item, s);
@@ -117,7 +115,7 @@ impl TopK {
     /// Select the best `k` items of `scores` (item `i` has score `scores[i]`), skipping the
     /// items in `excluded` (sorted ascending, unique).
     ///
-    /// One sweep over the row: blocks of [`BLOCK`] scores are compared with the threshold (the
+    /// One sweep over the row: blocks of 32 scores are compared with the threshold (the
     /// k-th best score so far, which only rises) without branches, and only blocks holding a
     /// score above it are looked at item by item. Exclusions are checked only for those items,
     /// with a cursor that moves forward through `excluded`, so they cost nothing in the sweep.
