@@ -17,7 +17,9 @@ use encore_eval::{evaluate, EvalOptions};
 use encore_models::{ModelScorer, Pop};
 
 #[derive(Args, Clone, Debug)]
-#[command(after_help = "Examples:\n  encore bench --preset onion --work-dir /tmp/encore-bench\n  encore bench --preset small\n\nThe work directory holds the generated world (about 4 GB for onion) and is removed at the end\nunless --keep is given; an existing world there is reused.")]
+#[command(
+    after_help = "Examples:\n  encore bench --preset onion --work-dir /tmp/encore-bench\n  encore bench --preset small\n\nThe work directory holds the generated world (about 4 GB for onion) and is removed at the end\nunless --keep is given; an existing world there is reused."
+)]
 pub struct BenchArgs {
     /// Synthetic world size.
     #[arg(long, default_value = "onion")]
@@ -51,7 +53,10 @@ fn peak_rss_mib_and_reset() -> Option<f64> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let preset: Preset = args.preset.parse().map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    let preset: Preset = args
+        .preset
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
     let world = args.work_dir.join(format!("world-{preset}-{}", args.seed));
     let mut rows: Vec<(String, String, String)> = Vec::new();
     if !world.exists() {
@@ -67,9 +72,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     peak_rss_mib_and_reset();
 
     let t = Instant::now();
-    let (ds, _) = Dataset::import(&InteractionFormat::Onion, &world, &PrepareOptions::default())?;
+    let (ds, _) = Dataset::import(
+        &InteractionFormat::Onion,
+        &world,
+        &PrepareOptions::default(),
+    )?;
     let import_s = t.elapsed().as_secs_f64();
-    let mem = peak_rss_mib_and_reset().map(|m| format!("{m:.0} MiB peak")).unwrap_or_default();
+    let mem = peak_rss_mib_and_reset()
+        .map(|m| format!("{m:.0} MiB peak"))
+        .unwrap_or_default();
     rows.push((
         format!("import + CSR ({} interactions)", ds.matrix.nnz()),
         format!("{import_s:.1} s"),
@@ -79,14 +90,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let cache_path = args.work_dir.join("dataset.bin");
     let t = Instant::now();
     cache::save(&ds, &cache_path)?;
-    rows.push(("cache write".into(), format!("{:.2} s", t.elapsed().as_secs_f64()), String::new()));
+    rows.push((
+        "cache write".into(),
+        format!("{:.2} s", t.elapsed().as_secs_f64()),
+        String::new(),
+    ));
     let split_src = ds.matrix.clone();
     drop(ds);
     peak_rss_mib_and_reset();
     let t = Instant::now();
     let ds = cache::load(&cache_path).context("reloading the cache")?;
     let reload_s = t.elapsed().as_secs_f64();
-    let mem = peak_rss_mib_and_reset().map(|m| format!("{m:.0} MiB peak")).unwrap_or_default();
+    let mem = peak_rss_mib_and_reset()
+        .map(|m| format!("{m:.0} MiB peak"))
+        .unwrap_or_default();
     rows.push(("cache reload".into(), format!("{reload_s:.2} s"), mem));
     assert_eq!(ds.matrix, split_src, "the cache reloads the same matrix");
     drop(split_src);

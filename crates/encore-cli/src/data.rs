@@ -18,7 +18,9 @@ pub const INFO_FILE: &str = "dataset.json";
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Import interactions into a prepared dataset directory (binary cache + description).
-    #[command(after_help = "Examples:\n  encore data import --format recbole --input ../shared/data/ml-100k --out data/ml-100k\n  encore data import --format hetrec-lastfm --input ../shared/data/hetrec-lastfm-2k --out data/lastfm\n  encore data import --format onion --input onion/userid_trackid_count.tsv.bz2 --first-rows 1000000 --out data/onion-1m\n  encore data import --format csv --input plays.csv --user-col listener --item-col track --value-col plays --threshold 2 --out data/plays")]
+    #[command(
+        after_help = "Examples:\n  encore data import --format recbole --input ../shared/data/ml-100k --out data/ml-100k\n  encore data import --format hetrec-lastfm --input ../shared/data/hetrec-lastfm-2k --out data/lastfm\n  encore data import --format onion --input onion/userid_trackid_count.tsv.bz2 --first-rows 1000000 --out data/onion-1m\n  encore data import --format csv --input plays.csv --user-col listener --item-col track --value-col plays --threshold 2 --out data/plays"
+    )]
     Import(ImportArgs),
     /// Print users, items, interactions, density and count quantiles of a prepared dataset.
     #[command(after_help = "Example:\n  encore data stats data/ml-100k")]
@@ -27,7 +29,9 @@ pub enum DataCommand {
         dir: PathBuf,
     },
     /// Generate the built-in synthetic music world in the Music4All-Onion file layout.
-    #[command(after_help = "Examples:\n  encore data synth --preset small --seed 7 --out data/small\n  encore data synth --preset onion --seed 1 --out /tmp/onion")]
+    #[command(
+        after_help = "Examples:\n  encore data synth --preset small --seed 7 --out data/small\n  encore data synth --preset onion --seed 1 --out /tmp/onion"
+    )]
     Synth {
         /// World size: tiny (tests), small (the demo), onion (Music4All-Onion scale).
         #[arg(long, default_value = "small")]
@@ -40,7 +44,9 @@ pub enum DataCommand {
         out: PathBuf,
     },
     /// Split a prepared dataset and save the split directory (for use by other tools).
-    #[command(after_help = "Example:\n  encore data split --data data/ml-100k --split ratio --seed 2020 --out splits/ml-100k-2020")]
+    #[command(
+        after_help = "Example:\n  encore data split --data data/ml-100k --split ratio --seed 2020 --out splits/ml-100k-2020"
+    )]
     Split {
         /// A prepared dataset directory.
         #[arg(long)]
@@ -156,7 +162,11 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Import(args) => {
             let (ds, info) = import(&args)?;
-            println!("imported {} into {}", args.input.display(), args.out.display());
+            println!(
+                "imported {} into {}",
+                args.input.display(),
+                args.out.display()
+            );
             print_report(&info);
             println!("{}", ds.stats());
             Ok(())
@@ -172,7 +182,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
             let summary = synthesise(preset, seed, &out)?;
-            println!("wrote the synthetic `{preset}` world (seed {seed}) to {}", out.display());
+            println!(
+                "wrote the synthetic `{preset}` world (seed {seed}) to {}",
+                out.display()
+            );
             println!("{summary}");
             Ok(())
         }
@@ -203,7 +216,10 @@ pub fn run(cmd: DataCommand) -> Result<()> {
 /// Generate a synthetic world into `out` and return its printable statistics.
 pub fn synthesise(preset: Preset, seed: u64, out: &Path) -> Result<String> {
     if out.exists() {
-        bail!("--out {}: already exists; choose a new directory", out.display());
+        bail!(
+            "--out {}: already exists; choose a new directory",
+            out.display()
+        );
     }
     let world = synth::generate(&SynthConfig::preset(preset), seed)?;
     synth::write_onion_layout(&world, out)
@@ -215,7 +231,10 @@ pub fn synthesise(preset: Preset, seed: u64, out: &Path) -> Result<String> {
 /// beside `out` and renamed at the end, so a failed import leaves nothing behind.
 pub fn import(args: &ImportArgs) -> Result<(Dataset, DatasetInfo)> {
     if args.out.exists() {
-        bail!("--out {}: already exists; choose a new directory", args.out.display());
+        bail!(
+            "--out {}: already exists; choose a new directory",
+            args.out.display()
+        );
     }
     let format = args.format()?;
     let opts = args.options();
@@ -247,8 +266,7 @@ pub fn save_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Resul
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".encore-tmp-")
         .tempdir_in(parent)

@@ -47,7 +47,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     )?;
 
     let world = args.out.join("world");
-    println!("[1/3] generating the synthetic `small` music world (seed {})", args.world_seed);
+    println!(
+        "[1/3] generating the synthetic `small` music world (seed {})",
+        args.world_seed
+    );
     let summary = data::synthesise(Preset::Small, args.world_seed, &world)?;
     println!("{summary}");
 
@@ -69,7 +72,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     })?;
     println!("{}", ds.stats());
 
-    println!("[3/3] training every model on the ratio split (seed {})", args.seed);
+    println!(
+        "[3/3] training every model on the ratio split (seed {})",
+        args.seed
+    );
     let ks = vec![5, 10, 20];
     let mut results = Vec::new();
     for &model in models::MODELS {
@@ -92,7 +98,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     println!("\nTest metrics (full ranking, train and valid items excluded):\n{text}");
     let json: serde_json::Map<String, serde_json::Value> = results
         .iter()
-        .map(|(m, r)| (m.clone(), serde_json::to_value(&r.metrics).expect("metrics serialise")))
+        .map(|(m, r)| {
+            (
+                m.clone(),
+                serde_json::to_value(&r.metrics).expect("metrics serialise"),
+            )
+        })
         .collect();
     run::write_json(&args.out.join("results.json"), &json)?;
     println!(

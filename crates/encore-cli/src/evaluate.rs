@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 use encore_data::Split;
 use encore_eval::{evaluate_ranked_lists, read_ranked_lists, EvalOptions};
 
+use crate::models;
 use crate::run::{self, write_json};
 use crate::train::{evaluate_split, table};
-use crate::models;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -19,7 +19,9 @@ pub enum Part {
 }
 
 #[derive(Args, Clone, Debug)]
-#[command(after_help = "Examples:\n  encore evaluate --run runs/pop-ml-100k-ratio-2020\n  encore evaluate --split runs/pop-ml-100k-ratio-2020/split --recommendations recbole_top50.tsv --k 10,20 --out metrics.json\n\nThe ranked-list file has the header `user_id<TAB>item_id<TAB>rank` (rank 1 best, original ids).\nEach user's excluded items (train; plus valid when evaluating test) are removed from their list\nbefore it is cut at k; a user with targets but no list scores zero.")]
+#[command(
+    after_help = "Examples:\n  encore evaluate --run runs/pop-ml-100k-ratio-2020\n  encore evaluate --split runs/pop-ml-100k-ratio-2020/split --recommendations recbole_top50.tsv --k 10,20 --out metrics.json\n\nThe ranked-list file has the header `user_id<TAB>item_id<TAB>rank` (rank 1 best, original ids).\nEach user's excluded items (train; plus valid when evaluating test) are removed from their list\nbefore it is cut at k; a user with targets but no list scores zero."
+)]
 pub struct EvaluateArgs {
     /// A run directory: evaluate its best model on valid and test.
     #[arg(long, conflicts_with_all = ["split", "recommendations"])]
@@ -56,7 +58,10 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         let rows = vec![("valid".to_string(), &valid), ("test".to_string(), &test)];
         println!("{}", table(&rows, &args.k));
         if let Some(out) = &args.out {
-            write_json(out, &serde_json::json!({"valid": valid.metrics, "test": test.metrics}))?;
+            write_json(
+                out,
+                &serde_json::json!({"valid": valid.metrics, "test": test.metrics}),
+            )?;
         }
         return Ok(());
     }

@@ -54,7 +54,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Some(n) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(n).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
             eprintln!("error: --threads {n}: {e}");
             std::process::exit(2);
         }

@@ -11,7 +11,10 @@ pub const MODELS: &[&str] = &["pop"];
 /// Check a model name, listing the known ones when it is unknown.
 pub fn check_name(name: &str) -> Result<()> {
     if !MODELS.contains(&name) {
-        bail!("--model: unknown model `{name}`; expected one of {}", MODELS.join(", "));
+        bail!(
+            "--model: unknown model `{name}`; expected one of {}",
+            MODELS.join(", ")
+        );
     }
     Ok(())
 }

@@ -8,7 +8,9 @@ use clap::Args;
 use crate::{models, run};
 
 #[derive(Args, Clone, Debug)]
-#[command(after_help = "Examples:\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --user 196 -k 10\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --history 50,172,181 -k 5")]
+#[command(
+    after_help = "Examples:\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --user 196 -k 10\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --history 50,172,181 -k 5"
+)]
 pub struct RecommendArgs {
     /// A run directory.
     #[arg(long)]

@@ -77,7 +77,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not the expected JSON", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not the expected JSON", path.display()))
 }
 
 /// Create a fresh run directory with its record and split; refuses to overwrite a run.

@@ -12,7 +12,9 @@ use crate::run::{self, RunInfo, RunMetrics};
 use crate::{data, models};
 
 #[derive(Args, Clone, Debug)]
-#[command(after_help = "Examples:\n  encore train --model pop --data data/ml-100k --split ratio --seed 2020\n  encore train --model pop --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/pop-external")]
+#[command(
+    after_help = "Examples:\n  encore train --model pop --data data/ml-100k --split ratio --seed 2020\n  encore train --model pop --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/pop-external"
+)]
 pub struct TrainArgs {
     /// The model to train (see `encore train --help` for the list).
     #[arg(long)]

@@ -40,7 +40,9 @@ fn shared_data() -> Option<PathBuf> {
 }
 
 fn metric(json: &serde_json::Value, part: &str, key: &str) -> f64 {
-    json[part][key].as_f64().unwrap_or_else(|| panic!("{part}.{key} missing in {json}"))
+    json[part][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{part}.{key} missing in {json}"))
 }
 
 #[test]
@@ -49,31 +51,81 @@ fn synth_import_train_evaluate_recommend() {
     let world = tmp.path().join("world");
     let data = tmp.path().join("data");
     let run = tmp.path().join("run");
-    ok(&["data", "synth", "--preset", "tiny", "--seed", "3", "--out", s(&world)]);
-    for f in ["userid_trackid_count.tsv", "userid_trackid_timestamp.tsv", "id_ivec512.tsv"] {
+    ok(&[
+        "data",
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        s(&world),
+    ]);
+    for f in [
+        "userid_trackid_count.tsv",
+        "userid_trackid_timestamp.tsv",
+        "id_ivec512.tsv",
+    ] {
         assert!(world.join(f).exists(), "{f} missing");
     }
-    let out = ok(&["data", "import", "--format", "onion", "--input", s(&world), "--out", s(&data)]);
+    let out = ok(&[
+        "data",
+        "import",
+        "--format",
+        "onion",
+        "--input",
+        s(&world),
+        "--out",
+        s(&data),
+    ]);
     assert!(out.contains("interactions"), "{out}");
     let stats = ok(&["data", "stats", s(&data)]);
-    assert!(stats.contains("timestamps     yes") && stats.contains("per user"), "{stats}");
+    assert!(
+        stats.contains("timestamps     yes") && stats.contains("per user"),
+        "{stats}"
+    );
 
     let out = ok(&[
-        "train", "--model", "pop", "--data", s(&data), "--split", "ratio", "--seed", "5",
-        "--out", s(&run), "--k", "5,10",
+        "train",
+        "--model",
+        "pop",
+        "--data",
+        s(&data),
+        "--split",
+        "ratio",
+        "--seed",
+        "5",
+        "--out",
+        s(&run),
+        "--k",
+        "5,10",
     ]);
     assert!(out.contains("ndcg@10") && out.contains("test"), "{out}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
     let ndcg = metric(&metrics, "test", "ndcg@10");
     assert!(ndcg > 0.0 && ndcg < 1.0, "{ndcg}");
-    for f in ["run.json", "split/train.tsv", "split/valid.tsv", "split/test.tsv", "split/split.json"] {
+    for f in [
+        "run.json",
+        "split/train.tsv",
+        "split/valid.tsv",
+        "split/test.tsv",
+        "split/split.json",
+    ] {
         assert!(run.join(f).exists(), "{f} missing from the run directory");
     }
 
     // Evaluating the run again reproduces the recorded numbers to the digit.
     let again = tmp.path().join("again.json");
-    ok(&["evaluate", "--run", s(&run), "--k", "5,10", "--out", s(&again)]);
+    ok(&[
+        "evaluate",
+        "--run",
+        s(&run),
+        "--k",
+        "5,10",
+        "--out",
+        s(&again),
+    ]);
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
     assert_eq!(metric(&again, "test", "ndcg@10"), ndcg);
@@ -81,19 +133,33 @@ fn synth_import_train_evaluate_recommend() {
     // The same split used through --split-dir gives the same metrics.
     let run2 = tmp.path().join("run2");
     ok(&[
-        "train", "--model", "pop", "--split-dir", s(&run.join("split")), "--out", s(&run2),
-        "--k", "5,10",
+        "train",
+        "--model",
+        "pop",
+        "--split-dir",
+        s(&run.join("split")),
+        "--out",
+        s(&run2),
+        "--k",
+        "5,10",
     ]);
     let m2: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run2.join("metrics.json")).unwrap()).unwrap();
-    assert_eq!(metric(&m2, "test", "recall@10"), metric(&metrics, "test", "recall@10"));
+    assert_eq!(
+        metric(&m2, "test", "recall@10"),
+        metric(&metrics, "test", "recall@10")
+    );
 
     // Recommendations never repeat what the listener already heard.
     let train = std::fs::read_to_string(run.join("split/train.tsv")).unwrap();
     let first = train.lines().nth(1).unwrap();
     let (user, item) = first.split_once('\t').unwrap();
     let recs = ok(&["recommend", "--run", s(&run), "--user", user, "-k", "5"]);
-    let listed: Vec<&str> = recs.lines().skip(1).map(|l| l.split_whitespace().nth(1).unwrap()).collect();
+    let listed: Vec<&str> = recs
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
     assert_eq!(listed.len(), 5, "{recs}");
     let heard: Vec<&str> = train
         .lines()
@@ -103,7 +169,9 @@ fn synth_import_train_evaluate_recommend() {
     assert!(listed.iter().all(|i| !heard.contains(i)), "{recs}");
     let recs = ok(&["recommend", "--run", s(&run), "--history", item, "-k", "3"]);
     assert!(!recs.contains(&format!(" {item} ")), "{recs}");
-    assert!(fails(&["recommend", "--run", s(&run), "--user", "no-such-user"]).contains("no-such-user"));
+    assert!(
+        fails(&["recommend", "--run", s(&run), "--user", "no-such-user"]).contains("no-such-user")
+    );
 }
 
 #[test]
@@ -113,7 +181,11 @@ fn external_ranked_lists_are_scored_under_our_protocol() {
     std::fs::create_dir_all(&split).unwrap();
     std::fs::write(split.join("train.tsv"), "user_id\titem_id\nu1\ta\nu2\tb\n").unwrap();
     std::fs::write(split.join("valid.tsv"), "user_id\titem_id\nu1\tb\n").unwrap();
-    std::fs::write(split.join("test.tsv"), "user_id\titem_id\nu1\tc\nu2\tc\nu2\td\n").unwrap();
+    std::fs::write(
+        split.join("test.tsv"),
+        "user_id\titem_id\nu1\tc\nu2\tc\nu2\td\n",
+    )
+    .unwrap();
     std::fs::write(
         split.join("split.json"),
         r#"{"kind":"ratio","seed":1,"dataset_fingerprint":"x","fingerprints":{},"counts":{}}"#,
@@ -122,11 +194,22 @@ fn external_ranked_lists_are_scored_under_our_protocol() {
     // u1's list starts with its train item and its valid item: both are removed, so c is
     // rank 1. u2 has no list: scores zero.
     let recs = tmp.path().join("recs.tsv");
-    std::fs::write(&recs, "user_id\titem_id\trank\nu1\ta\t1\nu1\tb\t2\nu1\tc\t3\n").unwrap();
+    std::fs::write(
+        &recs,
+        "user_id\titem_id\trank\nu1\ta\t1\nu1\tb\t2\nu1\tc\t3\n",
+    )
+    .unwrap();
     let out_json = tmp.path().join("m.json");
     ok(&[
-        "evaluate", "--split", s(&split), "--recommendations", s(&recs), "--k", "1",
-        "--out", s(&out_json),
+        "evaluate",
+        "--split",
+        s(&split),
+        "--recommendations",
+        s(&recs),
+        "--k",
+        "1",
+        "--out",
+        s(&out_json),
     ]);
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
@@ -134,7 +217,13 @@ fn external_ranked_lists_are_scored_under_our_protocol() {
     assert_eq!(m["ndcg@1"].as_f64(), Some(0.5));
 
     std::fs::write(&recs, "user_id\titem_id\trank\nu1\ta\tfirst\n").unwrap();
-    let err = fails(&["evaluate", "--split", s(&split), "--recommendations", s(&recs)]);
+    let err = fails(&[
+        "evaluate",
+        "--split",
+        s(&split),
+        "--recommendations",
+        s(&recs),
+    ]);
     assert!(err.contains("recs.tsv") && err.contains('2'), "{err}");
 }
 
@@ -145,11 +234,24 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     std::fs::write(&bad, "listener,track\n1,a\n2\n").unwrap();
     let out = tmp.path().join("out");
     let err = fails(&[
-        "data", "import", "--format", "csv", "--input", s(&bad), "--user-col", "listener",
-        "--item-col", "track", "--out", s(&out),
+        "data",
+        "import",
+        "--format",
+        "csv",
+        "--input",
+        s(&bad),
+        "--user-col",
+        "listener",
+        "--item-col",
+        "track",
+        "--out",
+        s(&out),
     ]);
     assert!(err.contains("plays.csv:3"), "{err}");
-    assert!(!out.exists(), "a failed import must leave no output directory");
+    assert!(
+        !out.exists(),
+        "a failed import must leave no output directory"
+    );
     // Nothing temporary is left beside it either.
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -159,8 +261,18 @@ fn bad_input_gives_clear_errors_and_leaves_nothing_behind() {
     assert!(leftovers.is_empty());
 
     let err = fails(&[
-        "data", "import", "--format", "csv", "--input", s(&bad), "--user-col", "user",
-        "--item-col", "track", "--out", s(&out),
+        "data",
+        "import",
+        "--format",
+        "csv",
+        "--input",
+        s(&bad),
+        "--user-col",
+        "user",
+        "--item-col",
+        "track",
+        "--out",
+        s(&out),
     ]);
     assert!(err.contains("user"), "{err}");
     let err = fails(&["train", "--model", "nope", "--data", s(tmp.path())]);
@@ -179,25 +291,77 @@ fn real_datasets_import_and_split() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let ml = tmp.path().join("ml");
-    ok(&["data", "import", "--format", "recbole", "--input", s(&shared.join("ml-100k")), "--out", s(&ml)]);
+    ok(&[
+        "data",
+        "import",
+        "--format",
+        "recbole",
+        "--input",
+        s(&shared.join("ml-100k")),
+        "--out",
+        s(&ml),
+    ]);
     let stats = ok(&["data", "stats", s(&ml)]);
-    assert!(stats.contains("users          943") && stats.contains("items          1682"), "{stats}");
+    assert!(
+        stats.contains("users          943") && stats.contains("items          1682"),
+        "{stats}"
+    );
     assert!(stats.contains("interactions   100000"), "{stats}");
     let split = tmp.path().join("ml-split");
-    let out = ok(&["data", "split", "--data", s(&ml), "--split", "ratio", "--seed", "2020", "--out", s(&split)]);
+    let out = ok(&[
+        "data",
+        "split",
+        "--data",
+        s(&ml),
+        "--split",
+        "ratio",
+        "--seed",
+        "2020",
+        "--out",
+        s(&split),
+    ]);
     assert!(out.contains("train"), "{out}");
-    let lines = |f: &str| std::fs::read_to_string(split.join(f)).unwrap().lines().count() - 1;
-    assert_eq!(lines("train.tsv") + lines("valid.tsv") + lines("test.tsv"), 100_000);
+    let lines = |f: &str| {
+        std::fs::read_to_string(split.join(f))
+            .unwrap()
+            .lines()
+            .count()
+            - 1
+    };
+    assert_eq!(
+        lines("train.tsv") + lines("valid.tsv") + lines("test.tsv"),
+        100_000
+    );
 
     let lastfm = tmp.path().join("lastfm");
     ok(&[
-        "data", "import", "--format", "hetrec-lastfm", "--input",
-        s(&shared.join("hetrec-lastfm-2k")), "--min-user-interactions", "5",
-        "--min-item-interactions", "5", "--out", s(&lastfm),
+        "data",
+        "import",
+        "--format",
+        "hetrec-lastfm",
+        "--input",
+        s(&shared.join("hetrec-lastfm-2k")),
+        "--min-user-interactions",
+        "5",
+        "--min-item-interactions",
+        "5",
+        "--out",
+        s(&lastfm),
     ]);
     let stats = ok(&["data", "stats", s(&lastfm)]);
     assert!(stats.contains("item names     yes"), "{stats}");
     let split = tmp.path().join("lastfm-split");
-    ok(&["data", "split", "--data", s(&lastfm), "--split", "users", "--seed", "1", "--out", s(&split)]);
+    ok(&[
+        "data",
+        "split",
+        "--data",
+        s(&lastfm),
+        "--split",
+        "users",
+        "--seed",
+        "1",
+        "--out",
+        s(&split),
+    ]);
     assert!(split.join("foldin.tsv").exists());
 }

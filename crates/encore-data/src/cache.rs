@@ -71,7 +71,10 @@ pub fn load(path: &Path) -> Result<Dataset> {
     let bad = |msg: &str| DataError::format(path, msg.to_string());
     let truncated = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            DataError::format(path, "the cache file is truncated; re-run `encore data import`")
+            DataError::format(
+                path,
+                "the cache file is truncated; re-run `encore data import`",
+            )
         } else {
             DataError::io(path, e)
         }
@@ -92,7 +95,9 @@ pub fn load(path: &Path) -> Result<Dataset> {
     let mut len = [0u8; 8];
     r.read_exact(&mut len).map_err(truncated)?;
     let header_len = u64::from_le_bytes(len);
-    let file_len = std::fs::metadata(path).map_err(|e| DataError::io(path, e))?.len();
+    let file_len = std::fs::metadata(path)
+        .map_err(|e| DataError::io(path, e))?
+        .len();
     if header_len > file_len {
         return Err(bad("the cache header length is larger than the file"));
     }
@@ -105,7 +110,11 @@ pub fn load(path: &Path) -> Result<Dataset> {
         + header_len
         + 8 * (n_users as u64 + 1)
         + 4 * header.nnz
-        + if header.has_timestamps { 8 * header.nnz } else { 0 }
+        + if header.has_timestamps {
+            8 * header.nnz
+        } else {
+            0
+        }
         + 32;
     if expected != file_len {
         return Err(bad(&format!(
@@ -123,15 +132,21 @@ pub fn load(path: &Path) -> Result<Dataset> {
     let mut stored = [0u8; 32];
     r.inner.read_exact(&mut stored).map_err(truncated)?;
     if digest.as_bytes() != &stored {
-        return Err(bad("checksum mismatch: the cache is corrupted; re-run `encore data import`"));
+        return Err(bad(
+            "checksum mismatch: the cache is corrupted; re-run `encore data import`",
+        ));
     }
     let matrix = InteractionMatrix::from_csr(n_users, n_items, indptr, indices)
         .map_err(|m| bad(&format!("invalid matrix: {m}")))?;
-    let users = IdMap::from_ids(header.users)
-        .map_err(|id| bad(&format!("duplicate user id `{id}`")))?;
-    let items = IdMap::from_ids(header.items)
-        .map_err(|id| bad(&format!("duplicate item id `{id}`")))?;
-    if header.item_names.as_ref().is_some_and(|n| n.len() != n_items) {
+    let users =
+        IdMap::from_ids(header.users).map_err(|id| bad(&format!("duplicate user id `{id}`")))?;
+    let items =
+        IdMap::from_ids(header.items).map_err(|id| bad(&format!("duplicate item id `{id}`")))?;
+    if header
+        .item_names
+        .as_ref()
+        .is_some_and(|n| n.len() != n_items)
+    {
         return Err(bad("item names do not match the number of items"));
     }
     Ok(Dataset {
@@ -176,7 +191,12 @@ impl<R: Read> Read for HashingReader<R> {
 /// Write a slice of plain integers as little-endian bytes.
 fn write_le<T: bytemuck::Pod, W: Write>(w: &mut W, values: &[T]) -> std::io::Result<()> {
     // x86-64 and aarch64 are little-endian; a big-endian host would need a byte swap here.
-    const { assert!(cfg!(target_endian = "little"), "the cache assumes a little-endian host") };
+    const {
+        assert!(
+            cfg!(target_endian = "little"),
+            "the cache assumes a little-endian host"
+        )
+    };
     for chunk in values.chunks(1 << 16) {
         w.write_all(bytemuck::cast_slice(chunk))?;
     }
@@ -200,7 +220,12 @@ mod tests {
     use crate::PrepareOptions;
 
     fn sample(with_ts: bool) -> Dataset {
-        let rows = [("u1", "a", 3), ("u1", "b", 1), ("u2", "a", 2), ("u3", "c", 9)];
+        let rows = [
+            ("u1", "a", 3),
+            ("u1", "b", 1),
+            ("u2", "a", 2),
+            ("u3", "c", 9),
+        ];
         let records = rows.iter().map(|&(user, item, t)| Record {
             user,
             item,

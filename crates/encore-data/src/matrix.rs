@@ -92,7 +92,10 @@ impl InteractionMatrix {
             }
             indices.truncate(start + w);
             if let Some(&m) = indices[start..].iter().max() {
-                assert!((m as usize) < n_items, "item index {m} out of range {n_items}");
+                assert!(
+                    (m as usize) < n_items,
+                    "item index {m} out of range {n_items}"
+                );
             }
             indptr.push(indices.len() as u64);
         }

@@ -63,7 +63,9 @@ impl FromStr for SplitKind {
             "temporal-global" => Ok(SplitKind::TemporalGlobal),
             other => Err(DataError::parameter(
                 "split",
-                format!("unknown split `{other}`; expected ratio, users, temporal or temporal-global"),
+                format!(
+                    "unknown split `{other}`; expected ratio, users, temporal or temporal-global"
+                ),
             )),
         }
     }
@@ -261,7 +263,10 @@ impl Split {
             )
         })?;
         if ts.is_empty() {
-            return Err(DataError::parameter("split", "the dataset has no interactions to split"));
+            return Err(DataError::parameter(
+                "split",
+                "the dataset has no interactions to split",
+            ));
         }
         let mut sorted = ts.to_vec();
         sorted.sort_unstable();
@@ -483,10 +488,20 @@ fn read_pairs(
         };
         let (uu, ii) = if fixed {
             let uu = users.get(u).ok_or_else(|| {
-                parse_err(line_no, 1, "user_id", format!("user `{u}` is not in the dataset"))
+                parse_err(
+                    line_no,
+                    1,
+                    "user_id",
+                    format!("user `{u}` is not in the dataset"),
+                )
             })?;
             let ii = items.get(i).ok_or_else(|| {
-                parse_err(line_no, 2, "item_id", format!("item `{i}` is not in the dataset"))
+                parse_err(
+                    line_no,
+                    2,
+                    "item_id",
+                    format!("item `{i}` is not in the dataset"),
+                )
             })?;
             (uu, ii)
         } else {
@@ -509,14 +524,18 @@ pub fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
     {
         let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         body(&mut w).map_err(|e| DataError::io(path, e))?;
         w.flush().map_err(|e| DataError::io(path, e))?;
     }
-    tmp.persist(path).map_err(|e| DataError::io(path, e.error))?;
+    tmp.persist(path)
+        .map_err(|e| DataError::io(path, e.error))?;
     Ok(())
 }
 
@@ -530,7 +549,11 @@ mod tests {
         let ids: Vec<(String, String, i64)> = (0..n_users)
             .flat_map(|u| {
                 (0..per_user + u % 7).map(move |k| {
-                    (format!("u{u}"), format!("i{}", (u * 7 + k * 3) % 60), (k * 100 + u) as i64)
+                    (
+                        format!("u{u}"),
+                        format!("i{}", (u * 7 + k * 3) % 60),
+                        (k * 100 + u) as i64,
+                    )
                 })
             })
             .collect();
@@ -540,7 +563,9 @@ mod tests {
             value: 1.0,
             timestamp: with_ts.then_some(*t),
         });
-        Dataset::from_records("t", records, &PrepareOptions::default()).unwrap().0
+        Dataset::from_records("t", records, &PrepareOptions::default())
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -567,7 +592,10 @@ mod tests {
             assert_eq!(whole.row(u), ds.matrix.row(u));
             let n = ds.matrix.row_len(u);
             let (t, v, s) = ratio_counts(n);
-            assert_eq!((a.train.row_len(u), a.valid.row_len(u), a.test.row_len(u)), (t, v, s));
+            assert_eq!(
+                (a.train.row_len(u), a.valid.row_len(u), a.test.row_len(u)),
+                (t, v, s)
+            );
         }
         assert_eq!(a.input, a.train);
     }
@@ -593,7 +621,10 @@ mod tests {
         for u in 0..ds.matrix.n_users() {
             let targets = s.valid.union(&s.test);
             for &i in targets.row(u) {
-                assert!(!s.input.contains(u, i), "target {i} of user {u} leaked into input");
+                assert!(
+                    !s.input.contains(u, i),
+                    "target {i} of user {u} leaked into input"
+                );
             }
             if s.train.row_len(u) == 0 {
                 heldout += 1;
@@ -662,10 +693,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         s.save_dir(dir.path(), &ds, &s.info("x")).unwrap();
         std::fs::write(dir.path().join("test.tsv"), "user_id\titem_id\nu1\tnope\n").unwrap();
-        let err = Split::load_dir(dir.path(), Some(&ds)).unwrap_err().to_string();
+        let err = Split::load_dir(dir.path(), Some(&ds))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("test.tsv:2") && err.contains("nope"), "{err}");
         std::fs::write(dir.path().join("test.tsv"), "").unwrap();
-        let err = Split::load_dir(dir.path(), Some(&ds)).unwrap_err().to_string();
+        let err = Split::load_dir(dir.path(), Some(&ds))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("empty file"), "{err}");
     }
 }

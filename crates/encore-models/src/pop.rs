@@ -25,8 +25,9 @@ impl Pop {
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("pop.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let scores: Vec<f32> = serde_json::from_str(&text)
-            .map_err(|e| ModelError::format(&path, format!("expected a JSON array of counts: {e}")))?;
+        let scores: Vec<f32> = serde_json::from_str(&text).map_err(|e| {
+            ModelError::format(&path, format!("expected a JSON array of counts: {e}"))
+        })?;
         Ok(Self { scores })
     }
 
