@@ -454,10 +454,12 @@ pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Tensor<2> {
     x.matmul(w.clone()) + b.clone().unsqueeze_dim::<2>(0)
 }
 
-/// Rows divided by their L2 norm (floored at 1e-12, as PyTorch's `F.normalize`).
-#[allow(dead_code)]
+/// Rows divided by their L2 norm. PyTorch's `F.normalize` divides by `max(‖x‖, 1e-12)`; here
+/// the norm is `sqrt(‖x‖² + 1e-24)`, equal to within 1e-24 relative for any row that is not
+/// ~0, and with a finite gradient at an all-zero row (burn's `sqrt` backward at 0 is infinite,
+/// and `0 · ∞` would poison the step with NaN).
 pub(crate) fn l2_normalise_rows(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+    let norm = x.clone().square().sum_dim(1).add_scalar(1e-24).sqrt();
     x / norm
 }
 

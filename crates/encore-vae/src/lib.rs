@@ -11,9 +11,9 @@
 //! scoring.
 
 mod common;
-// pub mod macridvae;
+pub mod macridvae;
 pub mod multivae;
 
 pub use common::Init;
-// pub use macridvae::{MacridVae, MacridVaeConfig};
+pub use macridvae::{MacridVae, MacridVaeConfig};
 pub use multivae::{MultiVae, MultiVaeConfig};

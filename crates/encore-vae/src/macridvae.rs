@@ -1,0 +1,817 @@
+//! MacridVAE (Ma et al. 2019, "Learning Disentangled Representations for Recommendation"; the
+//! reference is the official code), MODELS.md "MacridVAE".
+//!
+//! - Item embeddings `H ∈ R^{I×d}` and prototypes `M ∈ R^{K×d}`, both L2-normalised before use.
+//! - Facet assignments `C = softmax(cos(h_i, m_k) / τ)` over `k`; in training a soft
+//!   Gumbel-softmax sample (temperature 1) unless `nogb`.
+//! - Encoder input of facet `k`: `x_u ⊙ C_{·k}`, then (original) L2-normalised per facet and a
+//!   fresh dropout mask per facet; (recbole) the row is normalised and dropped out once, then
+//!   multiplied by `C_{·k}`. Both go through the sparse first layer, so the gradient reaches
+//!   `C` (and `H`, `M`) through the values.
+//! - Shared encoder `I → hidden (tanh) → 2d`; `μ_k` L2-normalised; the second half `h` is the
+//!   negative log-variance, `σ_k = exp(−h / 2) · std0`; `z_k = μ_k + σ_k ⊙ ε` in training,
+//!   `μ_k` when scoring.
+//! - Decoder `p_ui = Σ_k exp(cos(z_k, h_i) / τ) · C_ik`, logits `ln p_ui`.
+//! - Loss `−Σ_i x_ui log_softmax(logits)_i + β Σ_k KL_k`, `KL_k = ½ Σ_j (h + e^{−h} − 1)` (no
+//!   `μ²` term: `μ_k` is unit-norm), averaged over the batch; `β` annealed as in MultiVAE.
+//!
+//! Presets: `original` (`K = 7`, `d = 100`, hidden 100, `std0 = 0.075`, per-facet
+//! normalisation and dropout, batch 500, Xavier-uniform) and `recbole` (RecBole 1.2: `K = 10`,
+//! `d = 64`, hidden 600, `std0 = 0.01`, whole-row normalisation and dropout, batch 2048,
+//! Xavier-normal, zero biases).
+//!
+//! Deviations: RecBole names the second half `log σ²` rather than `−log σ²`; with a linear layer
+//! and a sign-symmetric initialisation the two parameterisations are the same model (negate the
+//! layer's second half), so both presets use the official form. MODELS.md gives no batch size
+//! for the official code; the `original` preset uses MultiVAE's 500.
+//!
+//! Weights (safetensors, `[d_input, d_output]` matrices): `item_embedding` `[I, d]`,
+//! `k_embedding` `[K, d]`, `encoder.<l>.weight`, `encoder.<l>.bias`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, IndexingUpdateOp, Tensor};
+use encore_data::InteractionMatrix;
+use encore_models::config::{check_range, ModelConfig, TrainerConfig};
+use encore_models::{EpochContext, ModelError, Recommender, Trainable};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    self, bias, check_out, checked_history, cpu, float_tensor, int_tensor, kl_weight,
+    l2_normalise_rows, linear, normals, read_meta, read_safetensors, to_vec, write_meta,
+    write_safetensors, xavier, Adam, Init, Params, SparseBatch, TrainCounters,
+};
+use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
+
+/// MacridVAE's configuration (see the module documentation for the two presets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MacridVaeConfig {
+    /// `"original"` (Ma et al.'s code) or `"recbole"` (RecBole 1.2's defaults).
+    pub preset: String,
+    /// Number of facets (prototypes) `K`, >= 1. original 7; recbole 10.
+    pub n_facets: usize,
+    /// Latent size `d` per facet (also the item-embedding size). original 100; recbole 64.
+    pub latent_dim: usize,
+    /// Hidden layer sizes of the shared encoder. original `[100]`; recbole `[600]`.
+    pub hidden_dims: Vec<usize>,
+    /// Temperature `τ` of the cosine similarities, > 0. Both: 0.1.
+    pub tau: f64,
+    /// Input dropout probability, in `[0, 1)`. Both: 0.5.
+    pub dropout: f64,
+    /// Prior standard deviation `std0` scaling `σ`. original 0.075; recbole 0.01.
+    pub std0: f64,
+    /// Use the assignment softmax in training too, instead of a Gumbel-softmax sample.
+    pub nogb: bool,
+    /// Normalise and drop out the whole row once before splitting into facets (RecBole)
+    /// instead of per facet (the official code). original false; recbole true.
+    pub whole_row_input: bool,
+    /// The largest KL weight `β`. Both: 0.2.
+    pub anneal_cap: f64,
+    /// Updates over which `β` grows linearly to the cap (0: always the cap). Both: 200,000.
+    pub total_anneal_steps: u64,
+    /// Adam learning rate, in `(0, 1]`. Both: 1e-3.
+    pub lr: f64,
+    /// Users per gradient step. original 500; recbole 2048.
+    pub batch_size: usize,
+    /// Weight initialiser: original `xavier_uniform`; recbole `xavier_normal`.
+    pub init: Init,
+    /// Standard deviation of the truncated-normal bias initialisation (0: zeros).
+    /// original 0.001; recbole 0.
+    pub bias_init_std: f64,
+    /// Seed of the initial weights.
+    pub init_seed: u64,
+}
+
+impl MacridVaeConfig {
+    /// The `original` preset.
+    pub fn original() -> Self {
+        MacridVaeConfig {
+            preset: "original".into(),
+            n_facets: 7,
+            latent_dim: 100,
+            hidden_dims: vec![100],
+            tau: 0.1,
+            dropout: 0.5,
+            std0: 0.075,
+            nogb: false,
+            whole_row_input: false,
+            anneal_cap: 0.2,
+            total_anneal_steps: 200_000,
+            lr: 1e-3,
+            batch_size: 500,
+            init: Init::XavierUniform,
+            bias_init_std: 0.001,
+            init_seed: 2020,
+        }
+    }
+
+    /// The `recbole` preset.
+    pub fn recbole() -> Self {
+        MacridVaeConfig {
+            preset: "recbole".into(),
+            n_facets: 10,
+            latent_dim: 64,
+            hidden_dims: vec![600],
+            std0: 0.01,
+            whole_row_input: true,
+            batch_size: 2048,
+            init: Init::XavierNormal,
+            bias_init_std: 0.0,
+            ..Self::original()
+        }
+    }
+}
+
+impl ModelConfig for MacridVaeConfig {
+    const MODEL: &'static str = "macridvae";
+
+    fn presets() -> &'static [&'static str] {
+        &["original", "recbole"]
+    }
+
+    fn preset(name: &str) -> Option<Self> {
+        match name {
+            "original" => Some(Self::original()),
+            "recbole" => Some(Self::recbole()),
+            _ => None,
+        }
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        check_range("n_facets", self.n_facets, 1, 1024)?;
+        check_range("latent_dim", self.latent_dim, 1, 1 << 20)?;
+        if self.hidden_dims.is_empty() {
+            return Err(ModelError::config(
+                "hidden_dims",
+                "must list at least one hidden layer size",
+            ));
+        }
+        for &h in &self.hidden_dims {
+            check_range("hidden_dims", h, 1, 1 << 20)?;
+        }
+        if !(self.tau > 0.0 && self.tau <= 100.0) {
+            return Err(ModelError::config(
+                "tau",
+                format!("must be in (0, 100], got {}", self.tau),
+            ));
+        }
+        check_dropout(self.dropout)?;
+        check_range("std0", self.std0, 0.0, 1e3)?;
+        check_range("anneal_cap", self.anneal_cap, 0.0, 1e6)?;
+        check_lr(self.lr)?;
+        check_range("batch_size", self.batch_size, 1, 1 << 24)?;
+        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)
+    }
+
+    fn trainer_defaults(&self) -> TrainerConfig {
+        TrainerConfig {
+            epochs: if self.preset == "recbole" { 300 } else { 200 },
+            ..TrainerConfig::default()
+        }
+    }
+}
+
+/// Scoring chunks hold at most this many `facets x users x items` floats.
+const SCORE_FLOATS: usize = 1 << 25;
+
+/// A MacridVAE model: configuration, weights, and training state.
+#[derive(Debug, Clone)]
+pub struct MacridVae {
+    config: MacridVaeConfig,
+    n_items: usize,
+    params: Params,
+    adam: Adam,
+    updates: u64,
+}
+
+/// Parameter tensors of one forward pass.
+struct Weights {
+    items: Tensor<2>,
+    cores: Tensor<2>,
+    ws: Vec<Tensor<2>>,
+    bs: Vec<Tensor<1>>,
+}
+
+impl Weights {
+    fn new(params: &Params, device: &Device) -> Self {
+        let n = (params.list.len() - 2) / 2;
+        Weights {
+            items: params.tensor::<2>(0, device),
+            cores: params.tensor::<2>(1, device),
+            ws: (0..n)
+                .map(|l| params.tensor::<2>(2 + 2 * l, device))
+                .collect(),
+            bs: (0..n)
+                .map(|l| params.tensor::<1>(3 + 2 * l, device))
+                .collect(),
+        }
+    }
+
+    fn grads(&self, grads: &burn::tensor::Gradients) -> Vec<Option<Vec<f32>>> {
+        let mut out = vec![
+            self.items.grad(grads).map(to_vec),
+            self.cores.grad(grads).map(to_vec),
+        ];
+        for (w, b) in self.ws.iter().zip(&self.bs) {
+            out.push(w.grad(grads).map(to_vec));
+            out.push(b.grad(grads).map(to_vec));
+        }
+        out
+    }
+}
+
+/// The random draws of one training step (`None` when scoring).
+struct Noise {
+    /// Gumbel noise `[I, K]` (absent with `nogb`).
+    gumbel: Option<Vec<f32>>,
+    /// Per facet, the kept entries' positions (original) or, once, the kept entries of the
+    /// whole row (recbole), with the dropout scale.
+    keep: Vec<Vec<i64>>,
+    scale: f32,
+    /// `ε ~ N(0, 1)`, `[K * B, d]`.
+    eps: Vec<f32>,
+}
+
+impl MacridVae {
+    /// A freshly initialised model for a catalogue of `n_items`.
+    pub fn new(config: MacridVaeConfig, n_items: usize) -> Result<Self, ModelError> {
+        config.check()?;
+        if n_items == 0 {
+            return Err(ModelError::Input("the catalogue is empty".into()));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
+        let (k, d) = (config.n_facets, config.latent_dim);
+        let mut params = Params::default();
+        params.push(
+            "item_embedding",
+            vec![n_items, d],
+            xavier(&mut rng, d, n_items, config.init),
+        );
+        params.push(
+            "k_embedding",
+            vec![k, d],
+            xavier(&mut rng, d, k, config.init),
+        );
+        let mut dims = vec![n_items];
+        dims.extend(&config.hidden_dims);
+        dims.push(2 * d);
+        for l in 0..dims.len() - 1 {
+            let (i, o) = (dims[l], dims[l + 1]);
+            params.push(
+                &format!("encoder.{l}.weight"),
+                vec![i, o],
+                xavier(&mut rng, i, o, config.init),
+            );
+            params.push(
+                &format!("encoder.{l}.bias"),
+                vec![o],
+                bias(&mut rng, o, config.bias_init_std),
+            );
+        }
+        let adam = Adam::new(&params, config.lr);
+        Ok(MacridVae {
+            config,
+            n_items,
+            params,
+            adam,
+            updates: 0,
+        })
+    }
+
+    /// Load a model saved by [`Recommender::save`].
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let (n_items, table) = read_meta(dir, MacridVaeConfig::MODEL)?;
+        let config = encore_models::config::resolve_table::<MacridVaeConfig>(table)
+            .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
+            .model;
+        let mut model = MacridVae::new(config, n_items)?;
+        let path = dir.join("model.safetensors");
+        let tensors = read_safetensors(&path)?;
+        model.params.fill_from(&tensors, "", &path)?;
+        Ok(model)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MacridVaeConfig {
+        &self.config
+    }
+
+    /// Gradient updates made so far (drives the KL annealing).
+    pub fn updates(&self) -> u64 {
+        self.updates
+    }
+
+    /// Draw the random inputs of one training step for batch `x`, in a fixed order.
+    fn draw_noise(&self, x: &SparseBatch, rng: &mut ChaCha8Rng) -> Noise {
+        let k = self.config.n_facets;
+        let gumbel = (!self.config.nogb).then(|| {
+            (0..self.n_items * k)
+                .map(|_| {
+                    let u: f64 = rng.random::<f64>().max(1e-20);
+                    (-(-u.ln()).ln()) as f32
+                })
+                .collect()
+        });
+        let p = self.config.dropout;
+        let masks = if self.config.whole_row_input { 1 } else { k };
+        let keep = (0..masks)
+            .map(|_| {
+                (0..x.nnz() as i64)
+                    .filter(|_| p <= 0.0 || rng.random::<f64>() >= p)
+                    .collect()
+            })
+            .collect();
+        let eps = normals(rng, k * x.n_rows * self.config.latent_dim, 1.0);
+        Noise {
+            gumbel,
+            keep,
+            scale: (1.0 / (1.0 - p)) as f32,
+            eps,
+        }
+    }
+
+    /// The facet assignments `C` `[I, K]` and the normalised item embeddings `[I, d]`.
+    fn assignments(
+        &self,
+        w: &Weights,
+        gumbel: Option<Vec<f32>>,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let items = l2_normalise_rows(w.items.clone());
+        let cores = l2_normalise_rows(w.cores.clone());
+        let mut a = items
+            .clone()
+            .matmul(cores.transpose())
+            .div_scalar(self.config.tau);
+        if let Some(g) = gumbel {
+            a = a + float_tensor(g, [self.n_items, self.config.n_facets], device);
+        }
+        (softmax(a, 1), items)
+    }
+
+    /// Encoder pre-activations of facet `k` for the batch (first layer, sparse).
+    #[allow(clippy::too_many_arguments)]
+    fn first_layer(
+        &self,
+        w: &Weights,
+        rows: &[i64],
+        items: &[i64],
+        values: Tensor<2>,
+        n_rows: usize,
+        device: &Device,
+    ) -> Tensor<2> {
+        common::sparse_linear(
+            &w.ws[0],
+            &w.bs[0],
+            &int_tensor(rows.to_vec(), device),
+            &int_tensor(items.to_vec(), device),
+            values,
+            n_rows,
+        )
+    }
+
+    /// The forward pass: logits `[B, I]` and the encoder's second half `h` `[K * B, d]`.
+    /// `noise = None` scores (softmax assignments, no dropout, `z = μ`).
+    fn forward(
+        &self,
+        w: &Weights,
+        x: &SparseBatch,
+        noise: Option<Noise>,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let (k, d, b, n) = (
+            self.config.n_facets,
+            self.config.latent_dim,
+            x.n_rows,
+            self.n_items,
+        );
+        let training = noise.is_some();
+        let (gumbel, keep, scale, eps) = match noise {
+            Some(nz) => (nz.gumbel, Some(nz.keep), nz.scale, Some(nz.eps)),
+            None => (None, None, 1.0, None),
+        };
+        let (c, items_n) = self.assignments(w, gumbel, device);
+        let sel =
+            |idx: &[i64], v: &[i64]| -> Vec<i64> { idx.iter().map(|&e| v[e as usize]).collect() };
+        let mut pre = Vec::with_capacity(k);
+        if x.nnz() == 0 {
+            // No input at all: every facet's first layer is its bias.
+            let none = Tensor::<2>::zeros([0, 1], device);
+            for _ in 0..k {
+                pre.push(self.first_layer(w, &[], &[], none.clone(), b, device));
+            }
+        } else if self.config.whole_row_input {
+            // RecBole: normalise (and drop out) the whole row once, then weight by C_{·k}.
+            let base = x.l2_normalised();
+            let kept: Vec<i64> = match &keep {
+                Some(kp) => kp[0].clone(),
+                None => (0..base.nnz() as i64).collect(),
+            };
+            let rows = sel(&kept, &base.rows);
+            let items = sel(&kept, &base.items);
+            let vals: Vec<f32> = kept
+                .iter()
+                .map(|&e| base.values[e as usize] * scale)
+                .collect();
+            let m = kept.len();
+            let none = Tensor::<2>::zeros([0, 1], device);
+            let cg = (m > 0).then(|| c.clone().select(0, int_tensor(items.clone(), device)));
+            let v = float_tensor(vals, [m, 1], device);
+            for f in 0..k {
+                let values = match &cg {
+                    Some(cg) => cg.clone().narrow(1, f, 1) * v.clone(),
+                    None => none.clone(),
+                };
+                pre.push(self.first_layer(w, &rows, &items, values, b, device));
+            }
+        } else {
+            // Official code: per facet, x ⊙ C_{·k}, normalised per row, then dropout.
+            let all_rows = int_tensor(x.rows.clone(), device);
+            let cg = c.clone().select(0, int_tensor(x.items.clone(), device));
+            for f in 0..k {
+                let cf = cg.clone().narrow(1, f, 1)
+                    * float_tensor(x.values.clone(), [x.nnz(), 1], device);
+                let norm = Tensor::<2>::zeros([b, 1], device)
+                    .select_assign(
+                        0,
+                        all_rows.clone(),
+                        cf.clone().square(),
+                        IndexingUpdateOp::Add,
+                    )
+                    .add_scalar(1e-24)
+                    .sqrt();
+                let normalised = cf / norm.select(0, all_rows.clone());
+                let kept: Vec<i64> = match &keep {
+                    Some(kp) => kp[f].clone(),
+                    None => (0..x.nnz() as i64).collect(),
+                };
+                let rows = sel(&kept, &x.rows);
+                let items = sel(&kept, &x.items);
+                let values = if kept.is_empty() {
+                    Tensor::<2>::zeros([0, 1], device)
+                } else {
+                    normalised
+                        .select(0, int_tensor(kept.clone(), device))
+                        .mul_scalar(scale)
+                };
+                pre.push(self.first_layer(w, &rows, &items, values, b, device));
+            }
+        }
+        let mut h = Tensor::cat(pre, 0);
+        for l in 1..w.ws.len() {
+            h = linear(h.tanh(), &w.ws[l], &w.bs[l]);
+        }
+        let mu = l2_normalise_rows(h.clone().narrow(1, 0, d));
+        let neg_logvar = h.narrow(1, d, d);
+        let z = match eps {
+            Some(eps) if training => {
+                let sigma = neg_logvar
+                    .clone()
+                    .mul_scalar(-0.5)
+                    .exp()
+                    .mul_scalar(self.config.std0);
+                l2_normalise_rows(mu + sigma * float_tensor(eps, [k * b, d], device))
+            }
+            _ => mu,
+        };
+        // p_ui = Σ_k exp(cos(z_k, h_i) / τ) C_ik.
+        let sims = z
+            .matmul(items_n.transpose())
+            .div_scalar(self.config.tau)
+            .exp()
+            .reshape([k, b, n]);
+        let ct = c.transpose().reshape([k, 1, n]);
+        let probs = (sims * ct).sum_dim(0).reshape([b, n]);
+        (probs.log(), neg_logvar)
+    }
+
+    fn loss(
+        &self,
+        w: &Weights,
+        x: &SparseBatch,
+        noise: Noise,
+        beta: f64,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+        let b = x.n_rows;
+        let (logits, h) = self.forward(w, x, Some(noise), device);
+        let logp = log_softmax(logits, 1).reshape([b * self.n_items]);
+        let picked = logp.select(0, int_tensor(x.flat_positions(self.n_items), device));
+        let recon = picked.sum().neg().div_scalar(b as f64);
+        // KL_k = ½ Σ_j (h + e^{−h} − 1), summed over facets, averaged over users.
+        let kl = (h.clone() + h.neg().exp())
+            .sub_scalar(1.0)
+            .sum()
+            .mul_scalar(0.5 / b as f64);
+        let loss = recon.clone() + kl.clone().mul_scalar(beta);
+        (loss, recon, kl)
+    }
+
+    /// One gradient step on the users `users` of `train`.
+    pub(crate) fn step(
+        &mut self,
+        train: &InteractionMatrix,
+        users: &[u32],
+        rng: &mut ChaCha8Rng,
+    ) -> StepLoss {
+        let x = SparseBatch::from_users(train, users);
+        let noise = self.draw_noise(&x, rng);
+        let beta = kl_weight(
+            self.updates,
+            self.config.anneal_cap,
+            self.config.total_anneal_steps,
+        );
+        let device = cpu().autodiff();
+        let w = Weights::new(&self.params, &device);
+        let (loss, recon, kl) = self.loss(&w, &x, noise, beta, &device);
+        let parts = StepLoss {
+            loss: to_vec(loss.clone())[0] as f64,
+            recon: to_vec(recon)[0] as f64,
+            kl: to_vec(kl)[0] as f64,
+            beta,
+        };
+        let grads = loss.backward();
+        let g = w.grads(&grads);
+        self.adam.step(&mut self.params, &g);
+        self.updates += 1;
+        parts
+    }
+}
+
+impl Recommender for MacridVae {
+    fn name(&self) -> &'static str {
+        MacridVaeConfig::MODEL
+    }
+
+    fn n_items(&self) -> usize {
+        self.n_items
+    }
+
+    fn score_users(&self, users: &[u32], input: &InteractionMatrix, out: &mut [f32]) {
+        check_out(out, users.len(), self.n_items);
+        let device = cpu();
+        let w = Weights::new(&self.params, &device);
+        let chunk = (SCORE_FLOATS / (self.config.n_facets * self.n_items)).max(1);
+        for (us, out) in users
+            .chunks(chunk)
+            .zip(out.chunks_mut(chunk * self.n_items))
+        {
+            let x = SparseBatch::from_users(input, us);
+            let (logits, _) = self.forward(&w, &x, None, &device);
+            out.copy_from_slice(&to_vec(logits));
+        }
+    }
+
+    fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
+        let h = checked_history(history, self.n_items)?;
+        if out.len() != self.n_items {
+            return Err(ModelError::Input(format!(
+                "score buffer has {} entries, the catalogue {}",
+                out.len(),
+                self.n_items
+            )));
+        }
+        let m = InteractionMatrix::from_rows(self.n_items, &[h]);
+        self.score_users(&[0], &m, out);
+        Ok(())
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let cfg = model_config_toml(&self.config)?;
+        write_meta(dir, self.name(), self.n_items, &cfg)?;
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &self.params.to_safetensors(""),
+        )
+    }
+}
+
+impl Trainable for MacridVae {
+    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+        if ctx.train.n_items() != self.n_items {
+            return Err(ModelError::Input(format!(
+                "the training matrix has {} items, the model {}",
+                ctx.train.n_items(),
+                self.n_items
+            )));
+        }
+        let users = common::shuffled_users(ctx.train, ctx.rng);
+        let mut sums = [0f64; 4];
+        let mut n = 0usize;
+        for batch in users.chunks(self.config.batch_size) {
+            let s = self.step(ctx.train, batch, ctx.rng);
+            for (acc, v) in sums.iter_mut().zip([s.loss, s.recon, s.kl, s.beta]) {
+                *acc += v;
+            }
+            n += 1;
+            (ctx.progress)(batch.len() as u64);
+        }
+        let n = n.max(1) as f64;
+        Ok(["loss", "recon", "kl", "beta"]
+            .iter()
+            .zip(sums)
+            .map(|(k, v)| (k.to_string(), v / n))
+            .collect())
+    }
+
+    fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
+        self.save(dir)?;
+        write_safetensors(&dir.join("adam.safetensors"), &self.adam.to_safetensors())?;
+        let counters = TrainCounters {
+            adam_steps: self.adam.t,
+            updates: self.updates,
+        };
+        encore_models::config::write_atomic(
+            &dir.join("counters.json"),
+            serde_json::to_string(&counters).expect("json").as_bytes(),
+        )
+    }
+
+    fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let loaded = MacridVae::load(dir)?;
+        if loaded.n_items != self.n_items || loaded.config != self.config {
+            return Err(ModelError::format(
+                dir.join("config.toml"),
+                "the checkpoint's configuration or catalogue differs from this run's",
+            ));
+        }
+        self.params = loaded.params;
+        let path = dir.join("adam.safetensors");
+        self.adam.fill_from(&read_safetensors(&path)?, &path)?;
+        let cpath = dir.join("counters.json");
+        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
+        let c: TrainCounters = serde_json::from_str(&text)
+            .map_err(|e| ModelError::format(&cpath, format!("not valid counters JSON: {e}")))?;
+        self.adam.t = c.adam_steps;
+        self.updates = c.updates;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(preset: MacridVaeConfig) -> MacridVaeConfig {
+        MacridVaeConfig {
+            n_facets: 2,
+            latent_dim: 3,
+            hidden_dims: vec![4],
+            batch_size: 4,
+            ..preset
+        }
+    }
+
+    fn tiny_matrix() -> InteractionMatrix {
+        InteractionMatrix::from_rows(
+            6,
+            &[
+                vec![0u32, 1, 2],
+                vec![2, 3],
+                vec![3, 4, 5],
+                vec![0, 5],
+                vec![],
+            ],
+        )
+    }
+
+    /// Hand-made case: with all item embeddings equal, every cosine `cos(z_k, h_i)` and every
+    /// assignment `C_ik` is the same for all items, so the logits are constant over items and the reconstruction term
+    /// is `n_u · ln I` per user whatever the encoder does.
+    #[test]
+    fn equal_item_embeddings_give_uniform_reconstruction() {
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            // Without Gumbel noise (which differs per item) the assignments are equal too.
+            let cfg = MacridVaeConfig {
+                nogb: true,
+                ..tiny(preset)
+            };
+            let mut m = MacridVae::new(cfg, 6).unwrap();
+            let first = m.params.list[0].data[..3].to_vec();
+            for row in m.params.list[0].data.chunks_mut(3) {
+                row.copy_from_slice(&first);
+            }
+            let x = SparseBatch::from_users(&tiny_matrix(), &[0, 1, 4]);
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            let noise = m.draw_noise(&x, &mut rng);
+            let device = cpu();
+            let w = Weights::new(&m.params, &device);
+            let (_, recon, kl) = m.loss(&w, &x, noise, 0.0, &device);
+            let expect = (3.0 + 2.0) / 3.0 * 6f64.ln();
+            assert!((to_vec(recon)[0] as f64 - expect).abs() < 1e-4);
+            assert!(to_vec(kl)[0] >= 0.0);
+        }
+    }
+
+    /// KL with a zero second half (`h = 0`, σ = std0) is 0; with `h = ln 2` per dimension it
+    /// is `½ (ln 2 + ½ − 1)` per dimension and facet.
+    #[test]
+    fn kl_on_a_hand_made_case() {
+        let mut m = MacridVae::new(tiny(MacridVaeConfig::original()), 6).unwrap();
+        // Last layer: zero weights, bias [μ part = 1, h part = ln 2].
+        let n = m.params.list.len();
+        m.params.list[n - 2].data.iter_mut().for_each(|v| *v = 0.0);
+        m.params.list[n - 1].data = vec![1.0, 1.0, 1.0, 2f32.ln(), 2f32.ln(), 2f32.ln()];
+        let x = SparseBatch::from_users(&tiny_matrix(), &[0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let noise = m.draw_noise(&x, &mut rng);
+        let device = cpu();
+        let w = Weights::new(&m.params, &device);
+        let (_, _, kl) = m.loss(&w, &x, noise, 0.0, &device);
+        let expect = 2.0 * 3.0 * 0.5 * (2f64.ln() + 0.5 - 1.0);
+        let kl = to_vec(kl)[0];
+        assert!((kl as f64 - expect).abs() < 1e-5, "{}", kl);
+    }
+
+    #[test]
+    fn training_lowers_the_loss() {
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            let cfg = MacridVaeConfig {
+                dropout: 0.0,
+                lr: 1e-2,
+                ..tiny(preset)
+            };
+            let mut m = MacridVae::new(cfg, 6).unwrap();
+            let train = tiny_matrix();
+            let users = train.nonempty_users();
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let first = m.step(&train, &users, &mut rng).recon;
+            let mut last = first;
+            for _ in 0..150 {
+                last = m.step(&train, &users, &mut rng).recon;
+            }
+            assert!(last < first * 0.9, "{first} -> {last}");
+            assert_eq!(m.updates(), 151);
+        }
+    }
+
+    /// The gradient reaches the item embeddings and prototypes through the assignments.
+    #[test]
+    fn gradients_reach_embeddings_and_prototypes() {
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            let m = MacridVae::new(tiny(preset), 6).unwrap();
+            let x = SparseBatch::from_users(&tiny_matrix(), &[0, 1, 2, 3]);
+            let mut rng = ChaCha8Rng::seed_from_u64(4);
+            let noise = m.draw_noise(&x, &mut rng);
+            let device = cpu().autodiff();
+            let w = Weights::new(&m.params, &device);
+            let (loss, _, _) = m.loss(&w, &x, noise, 0.1, &device);
+            let g = w.grads(&loss.backward());
+            assert_eq!(g.len(), m.params.list.len());
+            for (p, g) in m.params.list.iter().zip(&g) {
+                let g = g
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("no gradient for {}", p.name));
+                assert!(g.iter().any(|&v| v != 0.0), "zero gradient for {}", p.name);
+                assert!(g.iter().all(|v| v.is_finite()), "{}", p.name);
+            }
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_gives_identical_scores() {
+        let mut m = MacridVae::new(tiny(MacridVaeConfig::recbole()), 6).unwrap();
+        let train = tiny_matrix();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        m.step(&train, &train.nonempty_users(), &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        m.save(dir.path()).unwrap();
+        let back = MacridVae::load(dir.path()).unwrap();
+        let users: Vec<u32> = (0..5).collect();
+        let mut a = vec![0f32; 5 * 6];
+        let mut b = vec![0f32; 5 * 6];
+        m.score_users(&users, &train, &mut a);
+        back.score_users(&users, &train, &mut b);
+        assert_eq!(a, b);
+        assert!(a.iter().all(|v| v.is_finite()));
+        let mut h = vec![0f32; 6];
+        back.score_history(&[1, 0, 2], &mut h).unwrap();
+        assert_eq!(&h[..], &a[..6]);
+        assert!(back.score_history(&[6], &mut h).is_err());
+        assert!(crate::MultiVae::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        for (set, key) in [
+            ("n_facets=0", "n_facets"),
+            ("tau=0", "tau"),
+            ("dropout=-0.1", "dropout"),
+            ("std0=-1", "std0"),
+            ("nogb=3", "nogb"),
+            ("kfac=3", "kfac"),
+        ] {
+            let e = encore_models::config::resolve::<MacridVaeConfig>(None, &[set.to_string()])
+                .unwrap_err();
+            match e {
+                ModelError::Config { key: k, .. } => assert_eq!(k, key, "{set}"),
+                other => panic!("{set}: {other}"),
+            }
+        }
+    }
+}
