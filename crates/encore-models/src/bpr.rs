@@ -54,6 +54,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ModelConfig;
 use crate::{EpochContext, ModelError, Recommender, Trainable};
 
 // ---------------------------------------------------------------------------------------------
@@ -109,20 +110,6 @@ pub struct BprConfig {
     pub check_negatives: bool,
 }
 
-/// The on-disk form: every key optional, filled from the preset.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BprConfigFile {
-    preset: Option<Preset>,
-    embedding_size: Option<usize>,
-    learning_rate: Option<f64>,
-    batch_size: Option<usize>,
-    reg_weight: Option<f64>,
-    init: Option<EmbeddingInit>,
-    init_std: Option<f64>,
-    check_negatives: Option<bool>,
-}
-
 impl Default for BprConfig {
     fn default() -> Self {
         Self::preset(Preset::Original)
@@ -148,23 +135,11 @@ impl BprConfig {
         }
     }
 
-    /// Parse a TOML config (`configs/bpr.toml`): keys not given take the preset's value;
-    /// unknown keys are an error naming the key. The result is checked.
+    /// Parse a TOML config (`configs/bpr.toml`) through [`crate::config::resolve_table`]:
+    /// keys not given take the preset's value, unknown keys are an error naming the key, the
+    /// result is checked. A `[train]` table is validated too but not returned.
     pub fn from_toml_str(text: &str) -> Result<Self, ModelError> {
-        let file: BprConfigFile = parse_toml(text)?;
-        let base = Self::preset(file.preset.unwrap_or_default());
-        let cfg = Self {
-            preset: base.preset,
-            embedding_size: file.embedding_size.unwrap_or(base.embedding_size),
-            learning_rate: file.learning_rate.unwrap_or(base.learning_rate),
-            batch_size: file.batch_size.unwrap_or(base.batch_size),
-            reg_weight: file.reg_weight.unwrap_or(base.reg_weight),
-            init: file.init.unwrap_or(base.init),
-            init_std: file.init_std.unwrap_or(base.init_std),
-            check_negatives: file.check_negatives.unwrap_or(base.check_negatives),
-        };
-        cfg.check()?;
-        Ok(cfg)
+        parse_model_config(text)
     }
 
     /// Validate every value, naming the first bad key and its allowed range.
@@ -178,25 +153,50 @@ impl BprConfig {
     }
 }
 
-/// Parse TOML, turning the error into a [`ModelError::Config`] naming the offending key.
-pub(crate) fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ModelError> {
-    toml::from_str(text).map_err(|e| {
-        let message = e.message().to_string();
-        // `unknown field `x`, expected one of ...`: name the key itself.
-        let key = message
-            .strip_prefix("unknown field `")
-            .and_then(|rest| rest.split('`').next())
-            .unwrap_or("<config>")
-            .to_string();
-        let at = e
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        ModelError::config(key, format!("{message}{at}"))
-    })
+/// Resolve a model's TOML document (model keys at the top, optional `[train]` table) with
+/// the shared config mechanism and return the model's part.
+pub(crate) fn parse_model_config<T: ModelConfig>(text: &str) -> Result<T, ModelError> {
+    let table: toml::Table = toml::from_str(text)
+        .map_err(|e| ModelError::config("<config>", format!("not a TOML document: {e}")))?;
+    Ok(crate::config::resolve_table::<T>(table)?.model)
+}
+
+impl Preset {
+    /// The preset's name in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Original => "original",
+            Preset::Recbole => "recbole",
+        }
+    }
+
+    /// The preset of a name (`None` for an unknown one).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "original" => Some(Preset::Original),
+            "recbole" => Some(Preset::Recbole),
+            _ => None,
+        }
+    }
+}
+
+/// The preset names every baseline knows, the default first.
+pub(crate) const PRESETS: &[&str] = &["original", "recbole"];
+
+impl ModelConfig for BprConfig {
+    const MODEL: &'static str = "bpr";
+
+    fn presets() -> &'static [&'static str] {
+        PRESETS
+    }
+
+    fn preset(name: &str) -> Option<Self> {
+        Preset::from_name(name).map(BprConfig::preset)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        BprConfig::check(self)
+    }
 }
 
 pub(crate) fn check_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ModelError> {
@@ -534,10 +534,11 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Named f32 tensors with their shapes.
+pub(crate) type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Read every tensor of a safetensors file as f32 with its shape.
-pub(crate) fn read_tensors(
-    path: &Path,
-) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, ModelError> {
+pub(crate) fn read_tensors(path: &Path) -> Result<TensorMap, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
@@ -561,7 +562,7 @@ pub(crate) fn read_tensors(
 
 /// Take a tensor of an expected shape out of what [`read_tensors`] returned.
 pub(crate) fn take_tensor(
-    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &mut TensorMap,
     path: &Path,
     name: &str,
     shape: &[usize],
@@ -937,6 +938,7 @@ impl Trainable for Bpr {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index-heavy reference code reads clearer
 pub(crate) mod tests {
     use super::*;
 

@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::bpr::{
     check_nonnegative_finite, check_range, read_json, read_tensors, take_tensor, write_json,
-    write_tensors, Preset,
+    write_tensors, Preset, PRESETS,
 };
+use crate::config::ModelConfig;
 use crate::{ModelError, Recommender};
 
 /// EASE hyperparameters.
@@ -66,6 +67,13 @@ impl EaseConfig {
         }
     }
 
+    /// Parse a TOML config (`configs/ease.toml`) through [`crate::config::resolve_table`]: keys not
+    /// given take the preset's value, unknown keys are an error naming the key, the result is
+    /// checked.
+    pub fn from_toml_str(text: &str) -> Result<Self, ModelError> {
+        crate::bpr::parse_model_config(text)
+    }
+
     /// Validate every value, naming the first bad key and its allowed range.
     pub fn check(&self) -> Result<(), ModelError> {
         check_nonnegative_finite("reg_weight", self.reg_weight)?;
@@ -76,6 +84,22 @@ impl EaseConfig {
     /// Bytes needed at the peak of [`Ease::fit`] for a catalogue of `n_items`.
     pub fn bytes_needed(n_items: usize) -> u128 {
         16 * (n_items as u128) * (n_items as u128)
+    }
+}
+
+impl ModelConfig for EaseConfig {
+    const MODEL: &'static str = "ease";
+
+    fn presets() -> &'static [&'static str] {
+        PRESETS
+    }
+
+    fn preset(name: &str) -> Option<Self> {
+        Preset::from_name(name).map(EaseConfig::preset)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        EaseConfig::check(self)
     }
 }
 
@@ -290,6 +314,7 @@ impl Recommender for Ease {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index-heavy reference code reads clearer
 mod tests {
     use super::*;
     use crate::bpr::tests::random_matrix;
@@ -435,5 +460,21 @@ mod tests {
         std::fs::write(dir.path().join("ease.json"), "{\"config\": 1}").unwrap();
         let err = Ease::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("ease.json"), "{err}");
+    }
+
+    #[test]
+    fn config_from_toml() {
+        let c = EaseConfig::from_toml_str("preset = \"recbole\"\nreg_weight = 500.0\n").unwrap();
+        assert_eq!(
+            (c.preset, c.reg_weight, c.max_memory_mb),
+            (Preset::Recbole, 500.0, 8192)
+        );
+        let e = EaseConfig::from_toml_str("lambda = 3.0").unwrap_err();
+        assert!(
+            matches!(&e, ModelError::Config { key, .. } if key == "lambda"),
+            "{e}"
+        );
+        let e = EaseConfig::from_toml_str("reg_weight = -1.0").unwrap_err();
+        assert!(e.to_string().contains("reg_weight"), "{e}");
     }
 }

@@ -53,8 +53,9 @@ use crate::bpr::{
     axpy, check_history, check_nonnegative_finite, check_positive_finite, check_range, check_shape,
     dot, fold_in_vector, for_each_triple_batch, init_table, load_adam, read_json, read_tensors,
     save_adam, score_factorised, sigmoid, softplus, take_tensor, write_json, write_tensors, Adam,
-    EmbeddingInit, Preset,
+    EmbeddingInit, Preset, PRESETS,
 };
+use crate::config::ModelConfig;
 use crate::{EpochContext, ModelError, Recommender, Trainable};
 
 // ---------------------------------------------------------------------------------------------
@@ -305,6 +306,13 @@ impl LightGcnConfig {
         }
     }
 
+    /// Parse a TOML config (`configs/lightgcn.toml`) through [`crate::config::resolve_table`]: keys not
+    /// given take the preset's value, unknown keys are an error naming the key, the result is
+    /// checked.
+    pub fn from_toml_str(text: &str) -> Result<Self, ModelError> {
+        crate::bpr::parse_model_config(text)
+    }
+
     /// Validate every value, naming the first bad key and its allowed range.
     pub fn check(&self) -> Result<(), ModelError> {
         check_range("embedding_size", self.embedding_size as f64, 1.0, 4096.0)?;
@@ -314,6 +322,22 @@ impl LightGcnConfig {
         check_nonnegative_finite("reg_weight", self.reg_weight)?;
         check_positive_finite("init_std", self.init_std)?;
         Ok(())
+    }
+}
+
+impl ModelConfig for LightGcnConfig {
+    const MODEL: &'static str = "lightgcn";
+
+    fn presets() -> &'static [&'static str] {
+        PRESETS
+    }
+
+    fn preset(name: &str) -> Option<Self> {
+        Preset::from_name(name).map(LightGcnConfig::preset)
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        LightGcnConfig::check(self)
     }
 }
 
@@ -524,16 +548,17 @@ impl LightGcn {
                     reg *= 0.5 * self.config.reg_weight / batch.len() as f64;
                 }
                 RegNorm::Frobenius => {
-                    let columns: [Box<dyn Fn(&(u32, u32, u32)) -> usize>; 3] = [
-                        Box::new(|t| t.0 as usize),
-                        Box::new(|t| nu + t.1 as usize),
-                        Box::new(|t| nu + t.2 as usize),
-                    ];
-                    for node_of in &columns {
+                    // The three gathered batch matrices: users, positives, negatives.
+                    let node_of = |col: usize, t: &(u32, u32, u32)| match col {
+                        0 => t.0 as usize,
+                        1 => nu + t.1 as usize,
+                        _ => nu + t.2 as usize,
+                    };
+                    for col in 0..3 {
                         let sq: f64 = batch
                             .iter()
                             .map(|t| {
-                                let e = &params[row(node_of(t))];
+                                let e = &params[row(node_of(col, t))];
                                 dot(e, e) as f64
                             })
                             .sum();
@@ -542,7 +567,7 @@ impl LightGcn {
                         if norm > 0.0 {
                             let w = (self.config.reg_weight / (batch.len() as f64 * norm)) as f32;
                             for t in batch {
-                                let node = node_of(t);
+                                let node = node_of(col, t);
                                 axpy(w, &params[row(node)], &mut grad[row(node)]);
                             }
                         }
@@ -691,6 +716,7 @@ impl Trainable for LightGcn {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index-heavy reference code reads clearer
 mod tests {
     use super::*;
     use crate::bpr::tests::{random_matrix, run_epochs};
