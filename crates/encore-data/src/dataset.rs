@@ -652,7 +652,7 @@ mod tests {
                 *e = (*e).min(*t);
             }
             proptest::prop_assert_eq!(ds.matrix.nnz(), expected.len());
-            let ts = ds.timestamps.as_ref().unwrap();
+            let ts = ds.timestamps.as_deref().unwrap_or(&[]);
             for ((u, i), t) in &expected {
                 let uu = ds.users.get(u).unwrap() as usize;
                 let ii = ds.items.get(i).unwrap();
