@@ -477,4 +477,22 @@ mod tests {
         let e = EaseConfig::from_toml_str("reg_weight = -1.0").unwrap_err();
         assert!(e.to_string().contains("reg_weight"), "{e}");
     }
+
+    #[test]
+    fn shipped_configs_parse_to_the_documented_defaults() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        assert_eq!(
+            EaseConfig::from_toml_str(&read("ease.toml")).unwrap(),
+            EaseConfig::default()
+        );
+        assert_eq!(
+            crate::bpr::BprConfig::from_toml_str(&read("bpr.toml")).unwrap(),
+            crate::bpr::BprConfig::default()
+        );
+        assert_eq!(
+            crate::lightgcn::LightGcnConfig::from_toml_str(&read("lightgcn.toml")).unwrap(),
+            crate::lightgcn::LightGcnConfig::default()
+        );
+    }
 }
