@@ -483,6 +483,21 @@ mod tests {
     }
 
     #[test]
+    fn report_round_trips_through_json() {
+        let (scorer, input, valid, _) = toy();
+        let opts = EvalOptions {
+            ks: vec![1, 5],
+            batch_size: 2,
+            keep_per_user: true,
+        };
+        let r = evaluate(&scorer, &[&input], &valid, &opts);
+        let back: MetricReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let o: EvalOptions = serde_json::from_str(&serde_json::to_string(&opts).unwrap()).unwrap();
+        assert_eq!(o, opts);
+    }
+
+    #[test]
     fn no_evaluated_users_gives_zero_means() {
         let (scorer, input, _, _) = toy();
         let empty = InteractionMatrix::empty(4, 6);

@@ -1,6 +1,8 @@
 //! Paired significance test between two runs over the same users (EVALUATION.md "Protocol":
 //! a paired test of each model against a named baseline).
 
+use crate::{EvalError, MetricReport};
+
 /// Paired Student t-test of `a` against `b` (e.g. per-user NDCG@10 of a model and of the
 /// baseline, in the same user order). Returns `(t, p)` with `t = mean(d) / (sd(d) / sqrt(n))`
 /// over the differences `d = a - b` (sample standard deviation, n - 1 degrees of freedom) and
@@ -46,6 +48,41 @@ pub fn paired_t_test(a: &[f64], b: &[f64]) -> (f64, f64) {
     }
     let t = mean / (sd / (n as f64).sqrt());
     (t, student_t_two_sided(t, df))
+}
+
+/// [`paired_t_test`] of one metric between two evaluations of the same users, e.g. a model
+/// against the baseline on the same split. Both reports need per-user values
+/// ([`crate::EvalOptions::keep_per_user`]) over the same evaluated users.
+pub fn paired_t_test_reports(
+    a: &MetricReport,
+    b: &MetricReport,
+    metric: &str,
+) -> Result<(f64, f64), EvalError> {
+    let per_user = |r: &'_ MetricReport, which: &str| -> Result<(), EvalError> {
+        if r.per_user.is_none() {
+            return Err(EvalError::Shape(format!(
+                "report {which} has no per-user values (evaluate with keep_per_user = true)"
+            )));
+        }
+        Ok(())
+    };
+    per_user(a, "a")?;
+    per_user(b, "b")?;
+    let (pa, pb) = (a.per_user.as_ref().unwrap(), b.per_user.as_ref().unwrap());
+    if pa.users != pb.users {
+        return Err(EvalError::Shape(format!(
+            "the reports evaluated different users ({} and {} users); a paired test needs the same",
+            pa.users.len(),
+            pb.users.len()
+        )));
+    }
+    match (pa.get(metric), pb.get(metric)) {
+        (Some(x), Some(y)) => Ok(paired_t_test(x, y)),
+        _ => Err(EvalError::Shape(format!(
+            "metric '{metric}' is missing from a report (available: {})",
+            pa.values.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
+    }
 }
 
 /// Two-sided tail probability `P(|T| >= |t|)` of Student's t with `df` degrees of freedom.
@@ -220,6 +257,31 @@ mod tests {
         let (t2, p2) = paired_t_test(&b, &a);
         close(t2, -t, 1e-15);
         close(p2, p, 1e-15);
+    }
+
+    #[test]
+    fn paired_test_of_reports_checks_users_and_metric() {
+        use crate::PerUserMetrics;
+        let report = |users: Vec<u32>, v: Vec<f64>| MetricReport {
+            n_evaluated: users.len(),
+            n_skipped: 0,
+            metrics: Default::default(),
+            per_user: Some(PerUserMetrics {
+                users,
+                values: [("ndcg@10".to_owned(), v)].into_iter().collect(),
+            }),
+            seconds: 0.0,
+        };
+        let a = report(vec![0, 2, 5, 7], vec![1.0, 2.0, 3.0, 4.0]);
+        let b = report(vec![0, 2, 5, 7], vec![0.0; 4]);
+        let (t, p) = paired_t_test_reports(&a, &b, "ndcg@10").unwrap();
+        assert_eq!((t, p), paired_t_test(&[1.0, 2.0, 3.0, 4.0], &[0.0; 4]));
+        assert!(paired_t_test_reports(&a, &b, "mrr@10").is_err());
+        let c = report(vec![0, 2, 5, 8], vec![0.0; 4]);
+        assert!(paired_t_test_reports(&a, &c, "ndcg@10").is_err());
+        let mut d = b.clone();
+        d.per_user = None;
+        assert!(paired_t_test_reports(&a, &d, "ndcg@10").is_err());
     }
 
     #[test]
