@@ -110,7 +110,10 @@ mod words;
 mod write;
 
 pub use stats::{IntentShares, Quantiles, SynthStats};
-pub use write::{write_onion_layout, SynthSummary, WrittenFile, SYNTH_FILES};
+pub use write::{
+    audio_file_name, write_onion_layout, SynthSummary, WrittenFile, COUNT_FILE, INFORMATION_FILE,
+    LYRICS_EMBEDDING_FILE, LYRICS_FILE, MANIFEST_FILE, SYNTH_FILES, TAGS_FILE, TIMESTAMP_FILE,
+};
 
 use std::fmt as stdfmt;
 use std::str::FromStr;
