@@ -85,7 +85,7 @@ impl Params {
     /// Fill every parameter from `tensors` (`prefix` + name), checking shapes.
     pub fn fill_from(
         &mut self,
-        tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        tensors: &NamedTensors,
         prefix: &str,
         path: &Path,
     ) -> Result<(), ModelError> {
@@ -108,6 +108,9 @@ impl Params {
         Ok(())
     }
 }
+
+/// Named tensors read from a safetensors file: name -> (shape, values).
+pub(crate) type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Write named f32 tensors to a safetensors file atomically.
 pub(crate) fn write_safetensors(
@@ -134,9 +137,7 @@ pub(crate) fn write_safetensors(
 }
 
 /// Read every f32 tensor of a safetensors file.
-pub(crate) fn read_safetensors(
-    path: &Path,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, ModelError> {
+pub(crate) fn read_safetensors(path: &Path) -> Result<NamedTensors, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
@@ -245,11 +246,7 @@ impl Adam {
         out
     }
 
-    pub fn fill_from(
-        &mut self,
-        tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-        path: &Path,
-    ) -> Result<(), ModelError> {
+    pub fn fill_from(&mut self, tensors: &NamedTensors, path: &Path) -> Result<(), ModelError> {
         self.m.fill_from(tensors, "adam.m.", path)?;
         self.v.fill_from(tensors, "adam.v.", path)
     }
