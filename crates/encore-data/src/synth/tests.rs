@@ -776,3 +776,40 @@ fn measure() {
         rayon::current_num_threads()
     );
 }
+
+#[test]
+fn the_project_onion_readers_read_the_written_world() {
+    use crate::readers::{read_interactions, read_item_names, InteractionFormat};
+    let w = tiny(51);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("world");
+    write_onion_layout(&w, &dir).unwrap();
+    for file in [COUNT_FILE, TIMESTAMP_FILE] {
+        let mut k = 0usize;
+        let summary =
+            read_interactions(&InteractionFormat::Onion, &dir.join(file), None, &mut |r| {
+                let u: usize = r.user.parse().unwrap();
+                assert!(w.user_range(u).contains(&k), "{file} row {k}");
+                assert_eq!(r.item, w.track_ids[w.items[k] as usize]);
+                if file == COUNT_FILE {
+                    assert_eq!(r.value, w.counts[k] as f32);
+                } else {
+                    assert_eq!(r.timestamp, Some(w.timestamp(k)));
+                }
+                k += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(summary.rows, w.n_interactions() as u64, "{file}");
+    }
+    let names = read_item_names(&InteractionFormat::Onion, &dir)
+        .unwrap()
+        .unwrap();
+    assert_eq!(names.len(), w.n_tracks());
+    let info = &w.track_info[0];
+    let name = &names[&w.track_ids[0]];
+    assert!(
+        name.contains(&info.artist) && name.contains(&info.song),
+        "{name}"
+    );
+}
