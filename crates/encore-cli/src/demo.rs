@@ -82,10 +82,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let t = std::time::Instant::now();
         let r = train::train(&TrainArgs {
             model: model.to_string(),
+            config: None,
+            sets: demo_sets(model),
+            resume: false,
             data: Some(prepared.clone()),
             split: Some("ratio".into()),
             split_dir: None,
-            seed: args.seed,
+            seed: Some(args.seed),
             k: ks.clone(),
             out: Some(args.out.join("runs").join(model)),
         })?;
@@ -112,4 +115,15 @@ pub fn run(args: DemoArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The demo's budget: a bounded number of epochs per model so the whole demo stays within
+/// about two minutes on two cores (every other setting is the model's default preset).
+fn demo_sets(model: &str) -> Vec<String> {
+    match model {
+        "bpr" => vec!["train.epochs=30".into()],
+        "lightgcn" => vec!["train.epochs=15".into()],
+        "multivae" | "macridvae" => vec!["train.epochs=20".into()],
+        _ => Vec::new(),
+    }
 }

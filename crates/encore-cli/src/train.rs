@@ -6,19 +6,30 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use encore_data::{Dataset, Split, SplitKind};
 use encore_eval::{evaluate, EvalOptions, MetricReport};
-use encore_models::{ModelScorer, Pop, Recommender};
+use encore_models::{ModelScorer, Recommender};
 
 use crate::run::{self, RunInfo, RunMetrics};
 use crate::{data, models};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore train --model pop --data data/ml-100k --split ratio --seed 2020\n  encore train --model pop --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/pop-external"
+    after_help = "Models: pop, ease, bpr, lightgcn, multivae, macridvae.\n\nExamples:\n  encore train --model multivae --data data/ml-100k --split ratio --seed 2020\n  encore train --model macridvae --data data/ml-100k --set preset=recbole --set lr=0.005\n  encore train --model lightgcn --config configs/lightgcn.toml --data data/ml-100k --out runs/lgcn\n  encore train --model bpr --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/bpr-external\n  encore train --model lightgcn --out runs/lgcn --resume     # continue a killed run"
 )]
 pub struct TrainArgs {
-    /// The model to train (see `encore train --help` for the list).
+    /// The model to train: pop, ease, bpr, lightgcn, multivae or macridvae.
     #[arg(long)]
     pub model: String,
+    /// A TOML config (see configs/); keys not in it take the preset's defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set preset=recbole`, `--set lr=0.005`,
+    /// `--set train.epochs=50` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Continue the run in --out from its last checkpoint (dataset, split and config are
+    /// taken from the run directory).
+    #[arg(long, requires = "out")]
+    pub resume: bool,
     /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -28,9 +39,9 @@ pub struct TrainArgs {
     /// Train and evaluate on a saved split directory (train.tsv, valid.tsv, test.tsv, split.json).
     #[arg(long)]
     pub split_dir: Option<PathBuf>,
-    /// Seed for the split and the model.
-    #[arg(long, default_value_t = 2020)]
-    pub seed: u64,
+    /// Seed for the split, the trainer and the model's initialisation (default 2020).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Cut-offs to report.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20")]
     pub k: Vec<usize>,
@@ -75,7 +86,7 @@ pub fn metric_names(ks: &[usize]) -> Vec<String> {
 }
 
 /// Resolve the dataset and split the arguments name.
-fn dataset_and_split(args: &TrainArgs) -> Result<(Dataset, Split)> {
+fn dataset_and_split(args: &TrainArgs, seed: u64) -> Result<(Dataset, Split)> {
     let dataset = args.data.as_deref().map(data::load).transpose()?;
     match (&args.split, &args.split_dir) {
         (Some(_), Some(_)) => bail!("give either --split or --split-dir, not both"),
@@ -93,7 +104,7 @@ fn dataset_and_split(args: &TrainArgs) -> Result<(Dataset, Split)> {
                 bail!("--data is required unless --split-dir is given");
             };
             let kind: SplitKind = split.as_deref().unwrap_or("ratio").parse()?;
-            let s = Split::make(&ds, kind, args.seed)?;
+            let s = Split::make(&ds, kind, seed)?;
             Ok((ds, s))
         }
     }
@@ -111,38 +122,69 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k: expected a comma-separated list of positive cut-offs, e.g. 5,10,20");
     }
-    let (dataset, split) = dataset_and_split(args)?;
-    let run_dir = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-{}-{}-{}",
-            args.model, dataset.name, split.kind, args.seed
-        ))
-    });
-    let info = RunInfo {
-        model: args.model.clone(),
-        data: args.data.clone(),
-        dataset_name: dataset.name.clone(),
-        dataset_fingerprint: dataset.fingerprint(),
-        split: split.info(&dataset.fingerprint()),
-        seed: args.seed,
-        threads: rayon::current_num_threads(),
-        encore_version: env!("CARGO_PKG_VERSION").to_string(),
+    let seed = args.seed.unwrap_or(2020);
+    let resuming = args.resume
+        && args
+            .out
+            .as_deref()
+            .is_some_and(|d| d.join("run.json").exists());
+    let (run_dir, split, resolved) = if resuming {
+        let run_dir = args.out.clone().expect("--resume requires --out");
+        if args.config.is_some() || !args.sets.is_empty() {
+            bail!("--resume continues a run with its recorded config: drop --config and --set");
+        }
+        let loaded = run::load(&run_dir)?;
+        if loaded.info.model != args.model {
+            bail!(
+                "--resume: {} holds a `{}` run, not `{}`",
+                run_dir.display(),
+                loaded.info.model,
+                args.model
+            );
+        }
+        let config_file = run_dir.join("config.toml");
+        let file = (args.model != "pop").then_some(config_file.as_path());
+        let resolved = models::resolve(&args.model, file, &[], None)?;
+        (run_dir, loaded.split, resolved)
+    } else {
+        let resolved = models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
+        let (dataset, split) = dataset_and_split(args, seed)?;
+        let run_dir = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!(
+                "{}-{}-{}-{}",
+                args.model, dataset.name, split.kind, seed
+            ))
+        });
+        let info = RunInfo {
+            model: args.model.clone(),
+            data: args.data.clone(),
+            dataset_name: dataset.name.clone(),
+            dataset_fingerprint: dataset.fingerprint(),
+            split: split.info(&dataset.fingerprint()),
+            seed,
+            threads: rayon::current_num_threads(),
+            encore_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        run::create(&run_dir, &info, &dataset, &split)?;
+        encore_data::split::write_atomic(&run_dir.join("config.toml"), |w| {
+            std::io::Write::write_all(w, resolved.to_toml().unwrap_or_default().as_bytes())
+        })?;
+        (run_dir, split, resolved)
     };
-    run::create(&run_dir, &info, &dataset, &split)?;
 
     let start = std::time::Instant::now();
-    let model: Box<dyn Recommender> = match args.model.as_str() {
-        "pop" => Box::new(Pop::fit(&split.train)),
-        other => bail!("--model {other}: not trainable here"),
-    };
-    let train_seconds = start.elapsed().as_secs_f64();
-    let model_dir = run_dir.join("model");
-    std::fs::create_dir_all(&model_dir)?;
-    model.save(&model_dir)?;
+    let (model, outcome) = models::fit(&resolved, &split, &run_dir, args.resume)?;
+    let train_seconds = outcome
+        .as_ref()
+        .map_or(start.elapsed().as_secs_f64(), |o| o.seconds);
 
     let (valid, test) = evaluate_split(model.as_ref(), &split, &args.k);
     let mut metrics = RunMetrics::new(&valid, &test);
     metrics.train_seconds = train_seconds;
+    if let Some(o) = &outcome {
+        metrics.best_epoch = o.best_epoch;
+        metrics.epochs = Some(o.epochs_run);
+    }
     run::write_json(&run_dir.join("metrics.json"), &metrics)?;
     Ok(TrainResult {
         run_dir,
