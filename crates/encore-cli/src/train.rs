@@ -130,9 +130,6 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             .is_some_and(|d| d.join("run.json").exists());
     let (run_dir, split, resolved) = if resuming {
         let run_dir = args.out.clone().expect("--resume requires --out");
-        if args.config.is_some() || !args.sets.is_empty() {
-            bail!("--resume continues a run with its recorded config: drop --config and --set");
-        }
         let loaded = run::load(&run_dir)?;
         if loaded.info.model != args.model {
             bail!(
@@ -145,6 +142,18 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
         let config_file = run_dir.join("config.toml");
         let file = (args.model != "pop").then_some(config_file.as_path());
         let resolved = models::resolve(&args.model, file, &[], None)?;
+        // Re-running the original command with --resume is fine; a different config is not.
+        if args.config.is_some() || !args.sets.is_empty() || args.seed.is_some() {
+            let given =
+                models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
+            if given.to_toml()? != resolved.to_toml()? {
+                bail!(
+                    "--resume: the given --config/--set/--seed differ from the config recorded in {}; \
+                     resume without them (or with the original ones)",
+                    config_file.display()
+                );
+            }
+        }
         (run_dir, loaded.split, resolved)
     } else {
         let resolved = models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;

@@ -365,3 +365,157 @@ fn real_datasets_import_and_split() {
     ]);
     assert!(split.join("foldin.tsv").exists());
 }
+
+/// A prepared tiny synthetic world, shared by the training tests of one test function.
+fn tiny_data(tmp: &Path) -> PathBuf {
+    let world = tmp.join("world");
+    let data = tmp.join("data");
+    ok(&[
+        "data",
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        "9",
+        "--out",
+        s(&world),
+    ]);
+    ok(&[
+        "data",
+        "import",
+        "--format",
+        "onion",
+        "--input",
+        s(&world),
+        "--out",
+        s(&data),
+    ]);
+    data
+}
+
+fn read_metrics(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_run_killed_mid_training_resumes_to_the_same_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--model",
+            "multivae",
+            "--data",
+            s(&data),
+            "--split",
+            "ratio",
+            "--seed",
+            "4",
+            "--set",
+            "train.epochs=12",
+            "--set",
+            "train.patience=100",
+            "--set",
+            "batch_size=16",
+            "--out",
+            s(out),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let straight = tmp.path().join("straight");
+    let a: Vec<String> = args(&straight);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_encore"))
+        .args(args(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill as soon as some epochs are done and logged: mid-way through a later epoch.
+    let log = killed.join("log.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let epochs = std::fs::read_to_string(&log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if epochs >= 3 || std::time::Instant::now() > deadline {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !killed.join("metrics.json").exists(),
+        "the run finished before it could be killed; make the test's run longer"
+    );
+    let mut resume = args(&killed);
+    resume.push("--resume".into());
+    ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    let (m1, m2) = (read_metrics(&straight), read_metrics(&killed));
+    assert_eq!(
+        m1["test"], m2["test"],
+        "resumed run differs from the straight one"
+    );
+    assert_eq!(m1["best_epoch"], m2["best_epoch"]);
+    let lines = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert_eq!(lines, 12, "one log line per epoch after resuming");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let err = fails(&[
+        "train",
+        "--model",
+        "multivae",
+        "--data",
+        s(&data),
+        "--set",
+        "learning_rat=0.1",
+        "--out",
+        s(&tmp.path().join("r1")),
+    ]);
+    assert!(err.contains("learning_rat"), "{err}");
+    let err = fails(&[
+        "train",
+        "--model",
+        "bpr",
+        "--data",
+        s(&data),
+        "--set",
+        "train.epochs=0",
+        "--out",
+        s(&tmp.path().join("r2")),
+    ]);
+    assert!(err.contains("train.epochs"), "{err}");
+    // Every shipped config resolves.
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    for model in ["bpr", "lightgcn", "ease", "multivae", "macridvae"] {
+        let file = configs.join(format!("{model}.toml"));
+        let out = tmp.path().join(format!("cfg-{model}"));
+        ok(&[
+            "train",
+            "--model",
+            model,
+            "--config",
+            s(&file),
+            "--data",
+            s(&data),
+            "--set",
+            "train.epochs=1",
+            "--out",
+            s(&out),
+        ]);
+        assert!(out.join("config.toml").exists());
+    }
+}

@@ -96,7 +96,7 @@ pub struct BprConfig {
     /// Latent size `d` (default 64).
     pub embedding_size: usize,
     /// Adam learning rate (default 1e-3).
-    pub learning_rate: f64,
+    pub lr: f64,
     /// Triples per Adam step (default 2048).
     pub batch_size: usize,
     /// λ of the squared L2 term (original 1e-5, recbole 0).
@@ -126,7 +126,7 @@ impl BprConfig {
         Self {
             preset,
             embedding_size: 64,
-            learning_rate: 1e-3,
+            lr: 1e-3,
             batch_size: 2048,
             reg_weight,
             init,
@@ -145,7 +145,7 @@ impl BprConfig {
     /// Validate every value, naming the first bad key and its allowed range.
     pub fn check(&self) -> Result<(), ModelError> {
         check_range("embedding_size", self.embedding_size as f64, 1.0, 4096.0)?;
-        check_positive_finite("learning_rate", self.learning_rate)?;
+        check_positive_finite("lr", self.lr)?;
         check_range("batch_size", self.batch_size as f64, 1.0, 1e8)?;
         check_nonnegative_finite("reg_weight", self.reg_weight)?;
         check_positive_finite("init_std", self.init_std)?;
@@ -691,7 +691,7 @@ impl Bpr {
             n_users: train.n_users(),
             n_items: train.n_items(),
             grad: vec![0.0; n],
-            adam: Adam::new(n, config.learning_rate),
+            adam: Adam::new(n, config.lr),
             params,
             trained: (0..train.n_users()).map(|u| train.row_len(u) > 0).collect(),
         })
@@ -723,7 +723,7 @@ impl Bpr {
         }
         let n = params.len();
         Ok(Self {
-            adam: Adam::new(n, meta.config.learning_rate),
+            adam: Adam::new(n, meta.config.lr),
             config: meta.config,
             n_users: meta.n_users,
             n_items: meta.n_items,
@@ -930,7 +930,7 @@ impl Trainable for Bpr {
                 ),
             ));
         }
-        let mut adam = Adam::new(loaded.params.len(), loaded.config.learning_rate);
+        let mut adam = Adam::new(loaded.params.len(), loaded.config.lr);
         load_adam(dir, &mut adam)?;
         *self = Self { adam, ..loaded };
         Ok(())
@@ -1090,7 +1090,7 @@ pub(crate) mod tests {
         let train = random_matrix(40, 30, 6, 11);
         let cfg = BprConfig {
             batch_size: 16,
-            learning_rate: 0.01,
+            lr: 0.01,
             ..BprConfig::default()
         };
         let run = |threads: usize| {
@@ -1193,9 +1193,9 @@ pub(crate) mod tests {
             matches!(&err, ModelError::Config { key, .. } if key == "learning_rat"),
             "{err}"
         );
-        let err = BprConfig::from_toml_str("learning_rate = -1.0").unwrap_err();
+        let err = BprConfig::from_toml_str("lr = -1.0").unwrap_err();
         assert!(
-            matches!(&err, ModelError::Config { key, .. } if key == "learning_rate"),
+            matches!(&err, ModelError::Config { key, .. } if key == "lr"),
             "{err}"
         );
         let err = BprConfig::from_toml_str("batch_size = 0").unwrap_err();

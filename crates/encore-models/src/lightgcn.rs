@@ -264,7 +264,7 @@ pub struct LightGcnConfig {
     /// Propagation layers `L` (default 2).
     pub n_layers: usize,
     /// Adam learning rate (default 1e-3).
-    pub learning_rate: f64,
+    pub lr: f64,
     /// Triples per Adam step (default 2048).
     pub batch_size: usize,
     /// λ (original 1e-4, recbole 1e-5).
@@ -296,7 +296,7 @@ impl LightGcnConfig {
             preset,
             embedding_size: 64,
             n_layers: 2,
-            learning_rate: 1e-3,
+            lr: 1e-3,
             batch_size: 2048,
             reg_weight,
             reg_norm,
@@ -317,7 +317,7 @@ impl LightGcnConfig {
     pub fn check(&self) -> Result<(), ModelError> {
         check_range("embedding_size", self.embedding_size as f64, 1.0, 4096.0)?;
         check_range("n_layers", self.n_layers as f64, 0.0, 16.0)?;
-        check_positive_finite("learning_rate", self.learning_rate)?;
+        check_positive_finite("lr", self.lr)?;
         check_range("batch_size", self.batch_size as f64, 1.0, 1e8)?;
         check_nonnegative_finite("reg_weight", self.reg_weight)?;
         check_positive_finite("init_std", self.init_std)?;
@@ -412,7 +412,7 @@ impl LightGcn {
             n_items: train.n_items(),
             adj: Some(NormAdj::from_interactions(train)),
             grad: vec![0.0; n],
-            adam: Adam::new(n, config.learning_rate),
+            adam: Adam::new(n, config.lr),
             params,
             trained: (0..train.n_users()).map(|u| train.row_len(u) > 0).collect(),
             final_emb: vec![0.0; n],
@@ -445,7 +445,7 @@ impl LightGcn {
         }
         let n = params.len();
         Ok(Self {
-            adam: Adam::new(n, meta.config.learning_rate),
+            adam: Adam::new(n, meta.config.lr),
             config: meta.config,
             n_users: nu,
             n_items: ni,
@@ -702,7 +702,7 @@ impl Trainable for LightGcn {
                 ),
             ));
         }
-        let mut adam = Adam::new(loaded.params.len(), loaded.config.learning_rate);
+        let mut adam = Adam::new(loaded.params.len(), loaded.config.lr);
         load_adam(dir, &mut adam)?;
         let adj = self.adj.take();
         *self = Self {
@@ -865,7 +865,7 @@ mod tests {
         let train = random_matrix(50, 40, 6, 13);
         let cfg = LightGcnConfig {
             batch_size: 32,
-            learning_rate: 0.01,
+            lr: 0.01,
             ..LightGcnConfig::preset(Preset::Recbole)
         };
         let run = |threads: usize| {
