@@ -121,9 +121,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
 /// about two minutes on two cores (every other setting is the model's default preset).
 fn demo_sets(model: &str) -> Vec<String> {
     match model {
-        "bpr" => vec!["train.epochs=30".into()],
-        "lightgcn" => vec!["train.epochs=15".into()],
-        "multivae" | "macridvae" => vec!["train.epochs=20".into()],
+        "bpr" => vec!["train.epochs=100".into()],
+        "lightgcn" => vec!["train.epochs=30".into()],
+        "multivae" => vec!["train.epochs=25".into()],
+        "macridvae" => vec!["train.epochs=15".into()],
         _ => Vec::new(),
     }
 }
