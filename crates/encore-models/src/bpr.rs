@@ -445,13 +445,15 @@ pub(crate) fn sample_negative(
 }
 
 /// One epoch of (user, positive, negative) triples: every training interaction once, in an
-/// order shuffled by `rng`, cut into batches of `batch_size`; `step` is called on each batch.
-/// Negatives are drawn batch by batch from the same stream (so memory stays O(batch)).
+/// order shuffled by `rng`, cut into batches of `batch_size`; `step` is called on each batch,
+/// at most `max_batches` times (`usize::MAX` for the epoch; fewer for timing a few steps at
+/// scale). Negatives are drawn batch by batch from the same stream (so memory stays O(batch)).
 pub(crate) fn for_each_triple_batch(
     train: &InteractionMatrix,
     rng: &mut ChaCha8Rng,
     batch_size: usize,
     check_negatives: bool,
+    max_batches: usize,
     mut step: impl FnMut(&[(u32, u32, u32)]) -> Result<(), ModelError>,
 ) -> Result<(), ModelError> {
     let owners = interaction_owners(train);
@@ -459,7 +461,7 @@ pub(crate) fn for_each_triple_batch(
     order.shuffle(rng);
     let indices = train.indices();
     let mut batch = Vec::with_capacity(batch_size);
-    for chunk in order.chunks(batch_size) {
+    for chunk in order.chunks(batch_size).take(max_batches) {
         batch.clear();
         for &k in chunk {
             let u = owners[k as usize];
@@ -970,35 +972,54 @@ impl Recommender for Bpr {
     }
 }
 
-impl Trainable for Bpr {
-    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+impl Bpr {
+    /// The first `max_batches` batches of an epoch ([`Trainable::train_epoch`] runs them all);
+    /// used to time steps at a scale where a full epoch is long.
+    pub(crate) fn train_batches(
+        &mut self,
+        ctx: EpochContext<'_>,
+        max_batches: usize,
+    ) -> Result<BTreeMap<String, f64>, ModelError> {
         check_shape(ctx.train, self.n_users, self.n_items)?;
         let (mut bpr_sum, mut reg_sum, mut batches) = (0.0, 0.0, 0usize);
         let batch_size = self.config.batch_size;
         let check = self.config.check_negatives;
         let progress = ctx.progress;
-        for_each_triple_batch(ctx.train, ctx.rng, batch_size, check, |batch| {
-            let (bpr, reg) = self.batch_loss_grad(batch);
-            if self.config.sparse_adam {
-                let rows = batch_rows(batch, self.n_users);
-                let d = self.config.embedding_size;
-                self.adam
-                    .step_rows(&mut self.params, &mut self.grad, d, &rows);
-            } else {
-                self.adam.step(&mut self.params, &mut self.grad);
-            }
-            bpr_sum += bpr;
-            reg_sum += reg;
-            batches += 1;
-            progress(batch.len() as u64);
-            Ok(())
-        })?;
+        for_each_triple_batch(
+            ctx.train,
+            ctx.rng,
+            batch_size,
+            check,
+            max_batches,
+            |batch| {
+                let (bpr, reg) = self.batch_loss_grad(batch);
+                if self.config.sparse_adam {
+                    let rows = batch_rows(batch, self.n_users);
+                    let d = self.config.embedding_size;
+                    self.adam
+                        .step_rows(&mut self.params, &mut self.grad, d, &rows);
+                } else {
+                    self.adam.step(&mut self.params, &mut self.grad);
+                }
+                bpr_sum += bpr;
+                reg_sum += reg;
+                batches += 1;
+                progress(batch.len() as u64);
+                Ok(())
+            },
+        )?;
         let n = batches.max(1) as f64;
         Ok(BTreeMap::from([
             ("loss".to_string(), (bpr_sum + reg_sum) / n),
             ("bpr".to_string(), bpr_sum / n),
             ("reg".to_string(), reg_sum / n),
         ]))
+    }
+}
+
+impl Trainable for Bpr {
+    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+        self.train_batches(ctx, usize::MAX)
     }
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
@@ -1117,7 +1138,7 @@ pub(crate) mod tests {
         let mut pd = vec![1.0f32; 6];
         let mut pl = pd.clone();
         // Step 1 touching every row: identical to the dense step, bit for bit.
-        dense.step(&mut pd, &mut vec![1.0; 6]);
+        dense.step(&mut pd, &mut [1.0; 6]);
         let mut g = vec![1.0; 6];
         lazy.step_rows(&mut pl, &mut g, d, &[0, 1, 2]);
         assert_eq!(g, vec![0.0; 6], "the gradient is zeroed");
@@ -1136,7 +1157,7 @@ pub(crate) mod tests {
         let expected = 0.9 + 0.1 * (0.01 / 0.19);
         assert!((pl[2] as f64 - expected).abs() < 1e-6, "{}", pl[2]);
         // Dense Adam moves the untouched rows by their momentum instead.
-        dense.step(&mut pd, &mut vec![0.0, 0.0, -1.0, -1.0, 0.0, 0.0]);
+        dense.step(&mut pd, &mut [0.0, 0.0, -1.0, -1.0, 0.0, 0.0]);
         assert!(pd[0] < pl[0]);
         assert_eq!(pd[2], pl[2]);
         assert_eq!(
@@ -1202,7 +1223,7 @@ pub(crate) mod tests {
         // Whole epochs: every triple's negative is outside the user's row, every positive once.
         let train = random_matrix(30, 20, 8, 3);
         let mut seen = Vec::new();
-        for_each_triple_batch(&train, &mut rng, 7, true, |batch| {
+        for_each_triple_batch(&train, &mut rng, 7, true, usize::MAX, |batch| {
             for &(u, i, j) in batch {
                 assert!(train.contains(u as usize, i));
                 assert!(!train.contains(u as usize, j));
@@ -1512,5 +1533,279 @@ mod ml100k {
         assert!(b["ndcg@10"] > 0.2931 * 0.95, "BPR {}", b["ndcg@10"]);
         assert!(l["ndcg@10"] > 0.3050 * 0.95, "LightGCN {}", l["ndcg@10"]);
         assert!(e["ndcg@10"] > 0.30, "EASE {}", e["ndcg@10"]);
+    }
+}
+
+/// The issue's benchmark table: seconds per training epoch and peak memory of BPR-MF and
+/// LightGCN on ml-100k and at Music4All-Onion scale (the synthetic `onion` preset of
+/// `encore_data::synth`: 119,140 users x 56,512 items, about 50M interactions), with the
+/// torch-exact dense Adam and with `sparse_adam`. Run by hand (a few minutes plus what the
+/// knobs ask for; needs about 3 GB of memory):
+///
+/// ```text
+/// cargo test --release -p encore-models --lib -- --ignored scale_table --nocapture
+/// ```
+///
+/// Knobs (environment): `ENCORE_SCALE_BPR_EPOCHS` full sparse-Adam BPR epochs at Onion scale
+/// (default 1), `ENCORE_SCALE_DENSE_STEPS` dense-Adam BPR steps (default 40),
+/// `ENCORE_SCALE_LGCN_STEPS` LightGCN steps per optimiser (default 3),
+/// `ENCORE_SCALE_ONION=0` to skip the Onion rows.
+///
+/// Where a full epoch is impractical (dense BPR, LightGCN at Onion scale) the epoch time is
+/// **extrapolated**: the time to the end of the first step (which includes the epoch's
+/// set-up: the interaction-owner table and the shuffle of 50M positions) minus one step,
+/// plus `batches per epoch x` the mean step interval; the range uses the fastest and slowest
+/// measured interval. Peak memory is the process's VmHWM (`/proc/self/status`), reset
+/// between rows through `/proc/self/clear_refs` (so each row's peak includes what the earlier
+/// rows still hold: the training matrix, and the model being measured).
+#[cfg(test)]
+mod scale {
+    use super::*;
+    use crate::lightgcn::{LightGcn, LightGcnConfig};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    fn env_usize(key: &str, default: usize) -> usize {
+        std::env::var(key)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Peak resident memory of the process since the last reset, in MiB.
+    fn peak_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// Reset the peak to the current resident size (Linux >= 4.0).
+    fn reset_peak() {
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
+
+    /// Timings of the first `max_batches` batches of one epoch.
+    struct Steps {
+        /// Seconds from the start to the end of each step.
+        ends: Vec<f64>,
+    }
+
+    impl Steps {
+        fn run(
+            train: &InteractionMatrix,
+            max_batches: usize,
+            f: impl FnOnce(EpochContext<'_>, usize),
+        ) -> Self {
+            let ends = Mutex::new(Vec::new());
+            let start = Instant::now();
+            let progress = |_: u64| ends.lock().unwrap().push(start.elapsed().as_secs_f64());
+            let mut rng = ChaCha8Rng::seed_from_u64(2020);
+            f(
+                EpochContext {
+                    train,
+                    epoch: 0,
+                    rng: &mut rng,
+                    progress: &progress,
+                },
+                max_batches,
+            );
+            Self {
+                ends: ends.into_inner().unwrap(),
+            }
+        }
+
+        /// (estimate, low, high) seconds for an epoch of `n_batches`, and the mean step.
+        fn extrapolate(&self, n_batches: usize) -> (f64, f64, f64, f64) {
+            let e = &self.ends;
+            let intervals: Vec<f64> = e.windows(2).map(|w| w[1] - w[0]).collect();
+            if intervals.is_empty() {
+                return (e[0] * n_batches as f64, f64::NAN, f64::NAN, e[0]);
+            }
+            let mean = intervals.iter().sum::<f64>() / intervals.len() as f64;
+            let lo = intervals.iter().cloned().fold(f64::INFINITY, f64::min);
+            let hi = intervals.iter().cloned().fold(0.0, f64::max);
+            let setup = (e[0] - mean).max(0.0);
+            let n = n_batches as f64;
+            (setup + n * mean, setup + n * lo, setup + n * hi, mean)
+        }
+    }
+
+    fn row(model: &str, data: &str, opt: &str, how: &str, secs: &str, peak: f64) {
+        eprintln!("| {model} | {data} | {opt} | {how} | {secs} | {peak:.0} |");
+    }
+
+    /// Full epochs: min-max seconds per epoch.
+    fn full_epochs(model: &mut dyn Trainable, train: &InteractionMatrix, epochs: usize) -> String {
+        let mut rng = ChaCha8Rng::seed_from_u64(2020);
+        let progress = |_: u64| {};
+        let secs: Vec<f64> = (0..epochs)
+            .map(|epoch| {
+                let t = Instant::now();
+                model
+                    .train_epoch(EpochContext {
+                        train,
+                        epoch,
+                        rng: &mut rng,
+                        progress: &progress,
+                    })
+                    .unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        let lo = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = secs.iter().cloned().fold(0.0, f64::max);
+        format!("{lo:.3}-{hi:.3}")
+    }
+
+    fn configs() -> [(&'static str, bool); 2] {
+        [("dense Adam", false), ("sparse_adam", true)]
+    }
+
+    #[test]
+    #[ignore = "minutes and ~3 GB; run by hand with --release"]
+    fn scale_table() {
+        let threads = rayon::current_num_threads();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        eprintln!(
+            "{threads} rayon threads; load average at start: {}",
+            load.trim()
+        );
+        eprintln!("| model | data | optimiser | measured | s/epoch | peak RSS MiB |");
+        eprintln!("|---|---|---|---|---|---|");
+
+        // ml-100k (recbole preset, ratio split 2020): 5 full epochs each.
+        let ml = Path::new("/work/shared/data/ml-100k/ml-100k.inter");
+        if ml.exists() {
+            use encore_data::readers::InteractionFormat;
+            use encore_data::{Dataset, PrepareOptions, Split, SplitKind};
+            let (ds, _) =
+                Dataset::import(&InteractionFormat::RecBole, ml, &PrepareOptions::default())
+                    .unwrap();
+            let split = Split::make(&ds, SplitKind::Ratio, 2020).unwrap();
+            let train = &split.train;
+            for (opt, sparse) in configs() {
+                reset_peak();
+                let cfg = BprConfig {
+                    sparse_adam: sparse,
+                    ..BprConfig::preset(Preset::Recbole)
+                };
+                let mut m = Bpr::new(&cfg, train, 2020).unwrap();
+                let s = full_epochs(&mut m, train, 5);
+                row("BPR-MF", "ml-100k", opt, "5 epochs", &s, peak_mib());
+            }
+            for (opt, sparse) in configs() {
+                reset_peak();
+                let cfg = LightGcnConfig {
+                    sparse_adam: sparse,
+                    ..LightGcnConfig::preset(Preset::Recbole)
+                };
+                let mut m = LightGcn::new(&cfg, train, 2020).unwrap();
+                let s = full_epochs(&mut m, train, 5);
+                row("LightGCN", "ml-100k", opt, "5 epochs", &s, peak_mib());
+            }
+        }
+        if env_usize("ENCORE_SCALE_ONION", 1) == 0 {
+            return;
+        }
+
+        // Onion scale.
+        reset_peak();
+        let t = Instant::now();
+        let world = encore_data::synth::generate(
+            &encore_data::synth::SynthConfig::preset(encore_data::synth::Preset::Onion),
+            1,
+        )
+        .unwrap();
+        let train = world.interaction_matrix();
+        drop(world);
+        eprintln!(
+            "onion synth: {} users x {} items, {} interactions, generated in {:.1} s, peak {:.0} MiB",
+            train.n_users(),
+            train.n_items(),
+            train.nnz(),
+            t.elapsed().as_secs_f64(),
+            peak_mib()
+        );
+        let batches = train.nnz().div_ceil(2048);
+        let data = "onion synth";
+
+        // BPR-MF with sparse_adam: full epochs.
+        reset_peak();
+        let cfg = BprConfig {
+            sparse_adam: true,
+            ..BprConfig::preset(Preset::Recbole)
+        };
+        let mut m = Bpr::new(&cfg, &train, 2020).unwrap();
+        let n = env_usize("ENCORE_SCALE_BPR_EPOCHS", 1);
+        if n > 0 {
+            let s = full_epochs(&mut m, &train, n);
+            row(
+                "BPR-MF",
+                data,
+                "sparse_adam",
+                &format!("{n} full epoch(s)"),
+                &s,
+                peak_mib(),
+            );
+        }
+        // BPR-MF, both optimisers, bounded steps (dense: extrapolated).
+        for (opt, sparse) in configs() {
+            reset_peak();
+            let cfg = BprConfig {
+                sparse_adam: sparse,
+                ..BprConfig::preset(Preset::Recbole)
+            };
+            let mut m = Bpr::new(&cfg, &train, 2020).unwrap();
+            let k = env_usize("ENCORE_SCALE_DENSE_STEPS", 40);
+            let steps = Steps::run(&train, k, |ctx, k| {
+                m.train_batches(ctx, k).unwrap();
+            });
+            let (est, lo, hi, step) = steps.extrapolate(batches);
+            row(
+                "BPR-MF",
+                data,
+                opt,
+                &format!(
+                    "{k} steps of {batches}, {:.1} ms/step, extrapolated",
+                    step * 1e3
+                ),
+                &format!("{est:.0} ({lo:.0}-{hi:.0})"),
+                peak_mib(),
+            );
+        }
+        drop(m);
+
+        // LightGCN: bounded steps, extrapolated.
+        for (opt, sparse) in configs() {
+            reset_peak();
+            let cfg = LightGcnConfig {
+                sparse_adam: sparse,
+                ..LightGcnConfig::preset(Preset::Recbole)
+            };
+            let t = Instant::now();
+            let mut m = LightGcn::new(&cfg, &train, 2020).unwrap();
+            let build = t.elapsed().as_secs_f64();
+            let k = env_usize("ENCORE_SCALE_LGCN_STEPS", 3);
+            let steps = Steps::run(&train, k, |ctx, k| {
+                m.train_batches(ctx, k).unwrap();
+            });
+            let (est, lo, hi, step) = steps.extrapolate(batches);
+            row(
+                "LightGCN",
+                data,
+                opt,
+                &format!(
+                    "{k} steps of {batches}, {step:.2} s/step, extrapolated (graph build + one \
+                     full propagation {build:.1} s)"
+                ),
+                &format!("{est:.0} ({lo:.0}-{hi:.0}) = {:.1} h", est / 3600.0),
+                peak_mib(),
+            );
+        }
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        eprintln!("load average at the end: {}", load.trim());
     }
 }

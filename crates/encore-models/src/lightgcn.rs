@@ -260,6 +260,7 @@ impl NormAdj {
     /// sums in the same order), other rows are left untouched. Layers `1..L−1` are still
     /// full products (a row's layer `L` needs its whole `L−1`-hop neighbourhood), the last
     /// layer is computed at the listed rows only: one full product fewer than `propagate`.
+    #[allow(clippy::too_many_arguments)] // buffers are the caller's, reused across steps
     pub fn propagate_rows(
         &self,
         e0: &[f32],
@@ -803,8 +804,14 @@ impl Recommender for LightGcn {
     }
 }
 
-impl Trainable for LightGcn {
-    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+impl LightGcn {
+    /// The first `max_batches` batches of an epoch, without the end-of-epoch refresh of the
+    /// cached final embeddings; used to time steps at a scale where an epoch takes days.
+    pub(crate) fn train_batches(
+        &mut self,
+        ctx: EpochContext<'_>,
+        max_batches: usize,
+    ) -> Result<BTreeMap<String, f64>, ModelError> {
         check_shape(ctx.train, self.n_users, self.n_items)?;
         if self
             .adj
@@ -817,35 +824,49 @@ impl Trainable for LightGcn {
         let batch_size = self.config.batch_size;
         let check = self.config.check_negatives;
         let progress = ctx.progress;
-        for_each_triple_batch(ctx.train, ctx.rng, batch_size, check, |batch| {
-            let (bpr, reg) = self.batch_loss_grad(batch);
-            if self.config.sparse_adam {
-                let d = self.config.embedding_size;
-                let rows: Vec<u32> = self
-                    .grad
-                    .par_chunks(d)
-                    .enumerate()
-                    .filter(|(_, g)| g.iter().any(|&x| x != 0.0))
-                    .map(|(r, _)| r as u32)
-                    .collect();
-                self.adam
-                    .step_rows(&mut self.params, &mut self.grad, d, &rows);
-            } else {
-                self.adam.step(&mut self.params, &mut self.grad);
-            }
-            bpr_sum += bpr;
-            reg_sum += reg;
-            batches += 1;
-            progress(batch.len() as u64);
-            Ok(())
-        })?;
-        self.refresh_final();
+        for_each_triple_batch(
+            ctx.train,
+            ctx.rng,
+            batch_size,
+            check,
+            max_batches,
+            |batch| {
+                let (bpr, reg) = self.batch_loss_grad(batch);
+                if self.config.sparse_adam {
+                    let d = self.config.embedding_size;
+                    let rows: Vec<u32> = self
+                        .grad
+                        .par_chunks(d)
+                        .enumerate()
+                        .filter(|(_, g)| g.iter().any(|&x| x != 0.0))
+                        .map(|(r, _)| r as u32)
+                        .collect();
+                    self.adam
+                        .step_rows(&mut self.params, &mut self.grad, d, &rows);
+                } else {
+                    self.adam.step(&mut self.params, &mut self.grad);
+                }
+                bpr_sum += bpr;
+                reg_sum += reg;
+                batches += 1;
+                progress(batch.len() as u64);
+                Ok(())
+            },
+        )?;
         let n = batches.max(1) as f64;
         Ok(BTreeMap::from([
             ("loss".to_string(), (bpr_sum + reg_sum) / n),
             ("bpr".to_string(), bpr_sum / n),
             ("reg".to_string(), reg_sum / n),
         ]))
+    }
+}
+
+impl Trainable for LightGcn {
+    fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
+        let losses = self.train_batches(ctx, usize::MAX)?;
+        self.refresh_final();
+        Ok(losses)
     }
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
