@@ -462,12 +462,48 @@ pub fn plot_history(run_dir: &Path, history: &[EpochLog], metric: &str) -> Resul
     }
     let epochs: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.2)).collect();
     let minutes: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
-    draw_line_plot(&run_dir.join("valid_epochs.png"), &epochs)?;
-    draw_line_plot(&run_dir.join("valid_minutes.png"), &minutes)
+    let y = format!("valid {metric}");
+    draw_line_plot(
+        &run_dir.join("valid_epochs.png"),
+        &epochs,
+        &format!("Validation {metric} by epoch"),
+        "epoch",
+        &y,
+    )?;
+    draw_line_plot(
+        &run_dir.join("valid_minutes.png"),
+        &minutes,
+        &format!("Validation {metric} by wall-clock time"),
+        "minutes since the start",
+        &y,
+    )
 }
 
-fn draw_line_plot(path: &Path, points: &[(f64, f64)]) -> Result<(), String> {
+/// Register the embedded DejaVu Sans (from the `dejavu` crate, so nothing is read from the
+/// system or downloaded) as plotters' sans-serif font, once per process.
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font(
+                "sans-serif",
+                plotters::style::FontStyle::Normal,
+                dejavu::sans::regular(),
+            )
+            .map_err(|_| "the embedded DejaVu Sans font could not be loaded".to_string())
+        })
+        .clone()
+}
+
+fn draw_line_plot(
+    path: &Path,
+    points: &[(f64, f64)],
+    caption: &str,
+    x_label: &str,
+    y_label: &str,
+) -> Result<(), String> {
     use plotters::prelude::*;
+    register_font()?;
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in points {
         x0 = x0.min(x);
@@ -478,29 +514,29 @@ fn draw_line_plot(path: &Path, points: &[(f64, f64)]) -> Result<(), String> {
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    if y1 <= y0 {
-        y1 = y0 + 1e-3;
-    }
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    let (y0, y1) = (y0 - pad, y1 + pad);
     let tmp = with_suffix(path, ".tmp.png");
     {
-        let root = BitMapBackend::new(&tmp, (800, 500)).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let area = root.margin(20, 20, 20, 20);
-        let mut chart = ChartBuilder::on(&area)
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| e.to_string())?;
-        // Grid lines at tenths of each axis, drawn by hand (mesh labels would need a font).
-        let grid = RGBColor(225, 225, 225);
-        for t in 0..=10 {
-            let x = x0 + (x1 - x0) * t as f64 / 10.0;
-            let y = y0 + (y1 - y0) * t as f64 / 10.0;
-            chart
-                .draw_series(LineSeries::new([(x, y0), (x, y1)], grid))
-                .map_err(|e| e.to_string())?;
-            chart
-                .draw_series(LineSeries::new([(x0, y), (x1, y)], grid))
-                .map_err(|e| e.to_string())?;
-        }
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .y_label_formatter(&|v| format!("{v:.4}"))
+            .label_style(("sans-serif", 15))
+            .axis_desc_style(("sans-serif", 17))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
