@@ -6,6 +6,10 @@
 //! ENCORE_BENCH_EDGES=5000000 cargo bench -p encore-models --bench baselines   # smaller graph
 //! ```
 //!
+//! The issue's table (seconds per epoch at full Onion scale, dense vs sparse Adam, peak
+//! memory) is the ignored test `bpr::scale::scale_table`:
+//! `cargo test --release -p encore-models --lib -- --ignored scale_table --nocapture`.
+//!
 //! The propagation graph is random bipartite, 119k users x 57k items with 50M interactions
 //! (Onion's size; `ENCORE_BENCH_EDGES` overrides the edge count), `d = 64`. The reported
 //! throughput counts the memory traffic one layer `E' = Â E` must move at least once: per
@@ -82,6 +86,22 @@ fn epochs(c: &mut Criterion) {
                 progress: &progress,
             };
             bpr.train_epoch(ctx).unwrap()
+        })
+    });
+    let sparse = BprConfig {
+        sparse_adam: true,
+        ..BprConfig::default()
+    };
+    let mut bpr_sparse = Bpr::new(&sparse, &train, 1).unwrap();
+    group.bench_function("bpr_sparse_adam", |b| {
+        b.iter(|| {
+            let ctx = EpochContext {
+                train: &train,
+                epoch: 0,
+                rng: &mut rng,
+                progress: &progress,
+            };
+            bpr_sparse.train_epoch(ctx).unwrap()
         })
     });
     let mut lgcn = LightGcn::new(&LightGcnConfig::default(), &train, 1).unwrap();

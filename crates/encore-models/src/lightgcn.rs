@@ -40,11 +40,12 @@
 //! sums in the same order; tested): the last forward layer is evaluated only at the batch's
 //! rows ([`NormAdj::propagate_rows`]), and the first backward step `g + Âg` skips the rows where
 //! `∂F` is zero, which is all but the batch's ([`NormAdj::propagate_backward_sparse`]). At
-//! Music4All-Onion scale (100M stored entries) a full product is seconds on two cores, so a
-//! step is still seconds and an epoch of 24k batches is days: the `baselines_scale` example
-//! measures steps and extrapolates. `sparse_adam = true` (default off) applies the lazy Adam of
-//! BPR-MF's module docs to the rows with a non-zero gradient; with `L ≥ 1` that is the batch's
-//! `L`-hop neighbourhood, nearly every row on a dense graph, so it saves little there.
+//! Music4All-Onion scale (100M stored entries) a full product takes over 3 s on two cores, so
+//! a step takes about 7 s and an epoch of 24k batches about two days (the ignored test
+//! `bpr::scale::scale_table` measures steps and extrapolates). `sparse_adam = true` (default
+//! off) applies the lazy Adam of BPR-MF's module docs to the rows with a non-zero gradient;
+//! with `L ≥ 1` that is the batch's `L`-hop neighbourhood, nearly every row on a dense graph,
+//! so it saves nothing there (measured 7.1 s vs 6.8 s a step at Onion scale).
 //!
 //! **Fold-in.** A user the model never trained on is scored by the mean of the final
 //! embeddings of their history's items: `p = mean_{i ∈ h} F_i`, `s_j = p · F_j`. In
@@ -306,7 +307,7 @@ impl NormAdj {
 
     /// [`NormAdj::propagate_backward`] for a `g` that is zero outside the rows flagged in
     /// `support`: the first Horner step `g + Â g` skips the zero rows
-    /// ([`NormAdj::spmm_add_sparse`]), the others are full products. Equal to the dense
+    /// (`spmm_add_sparse`), the others are full products. Equal to the dense
     /// backward up to the sign of zeros (tested), one full product cheaper.
     pub fn propagate_backward_sparse(
         &self,
