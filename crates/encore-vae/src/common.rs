@@ -391,6 +391,25 @@ impl SparseBatch {
         out
     }
 
+    /// The batch in CSR form (entries are in row order by construction: [`SparseBatch::from_users`]
+    /// emits them so, and normalising and dropout keep the order).
+    pub fn to_csr(&self) -> crate::kernels::Csr {
+        debug_assert!(self.rows.windows(2).all(|w| w[0] <= w[1]));
+        let mut offsets = vec![0usize; self.n_rows + 1];
+        for &r in &self.rows {
+            offsets[r as usize + 1] += 1;
+        }
+        for r in 0..self.n_rows {
+            offsets[r + 1] += offsets[r];
+        }
+        crate::kernels::Csr {
+            n_rows: self.n_rows,
+            offsets,
+            cols: self.items.iter().map(|&i| i as u32).collect(),
+            values: self.values.clone(),
+        }
+    }
+
     /// Row-major flat positions `row * n_items + item` of the entries (to gather a row's
     /// log-probabilities from a `[rows, items]` tensor).
     pub fn flat_positions(&self, n_items: usize) -> Vec<i64> {

@@ -11,6 +11,7 @@
 //! scoring.
 
 mod common;
+mod kernels;
 pub mod macridvae;
 pub mod multivae;
 
