@@ -352,20 +352,22 @@ impl MultiVae {
             .map(|(r, row)| {
                 let ents = x.offsets[r]..x.offsets[r + 1];
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                let mut sum = 0f32;
-                for v in row.iter() {
-                    sum += (v - max).exp();
-                }
-                let lse = max + sum.ln();
                 let mut n_u = 0f32;
                 let mut picked = 0f64;
                 for e in ents.clone() {
                     n_u += x.values[e];
                     picked += (x.values[e] * row[x.cols[e] as usize]) as f64;
                 }
-                let scale = n_u * inv_b;
+                // One exponential per entry: the row becomes exp(v - max), then is scaled.
+                let mut sum = 0f32;
                 for v in row.iter_mut() {
-                    *v = (*v - lse).exp() * scale;
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let lse = max + sum.ln();
+                let scale = n_u * inv_b / sum;
+                for v in row.iter_mut() {
+                    *v *= scale;
                 }
                 for e in ents {
                     row[x.cols[e] as usize] -= x.values[e] * inv_b;

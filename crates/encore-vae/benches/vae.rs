@@ -1,0 +1,80 @@
+//! Criterion benches of one training step and one full scoring pass of MultiVAE and MacridVAE
+//! (`recbole` presets) on an ml-100k-shaped random matrix (943 users, 1,682 items, ~80,000
+//! training interactions: one step of the `recbole` preset is one epoch there), and the raw
+//! throughput of the matrix product the decoder is bound by.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=1 cargo bench -p encore-vae --bench vae
+//! ```
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use encore_data::InteractionMatrix;
+use encore_models::{EpochContext, Recommender, Trainable};
+use encore_vae::{MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn ml100k_shaped() -> InteractionMatrix {
+    let (users, items) = (943usize, 1682u32);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let rows: Vec<Vec<u32>> = (0..users)
+        .map(|_| {
+            let n = rng.random_range(16..154);
+            let mut r: Vec<u32> = (0..n)
+                // Skewed towards popular items, like ratings.
+                .map(|_| (rng.random::<f64>().powi(2) * items as f64) as u32)
+                .collect();
+            r.sort_unstable();
+            r.dedup();
+            r
+        })
+        .collect();
+    InteractionMatrix::from_rows(items as usize, &rows)
+}
+
+fn epoch(model: &mut dyn Trainable, train: &InteractionMatrix, rng: &mut ChaCha8Rng) {
+    let mut progress = |_: u64| {};
+    model
+        .train_epoch(EpochContext {
+            train,
+            epoch: 0,
+            rng,
+            progress: &mut progress,
+        })
+        .unwrap();
+}
+
+fn bench(c: &mut Criterion) {
+    let train = ml100k_shaped();
+    let n = train.n_items();
+    let users: Vec<u32> = (0..train.n_users() as u32).collect();
+    let mut out = vec![0f32; users.len() * n];
+    eprintln!(
+        "{} users, {} items, {} nnz, {} rayon threads",
+        train.n_users(),
+        n,
+        train.nnz(),
+        rayon::current_num_threads()
+    );
+    let mut g = c.benchmark_group("ml100k-shaped");
+    g.sample_size(10);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let mut m = MultiVae::new(MultiVaeConfig::recbole(), n).unwrap();
+    g.bench_function("multivae epoch", |b| {
+        b.iter(|| epoch(&mut m, &train, &mut rng))
+    });
+    g.bench_function("multivae score all users", |b| {
+        b.iter(|| m.score_users(&users, &train, &mut out))
+    });
+    let mut m = MacridVae::new(MacridVaeConfig::recbole(), n).unwrap();
+    g.bench_function("macridvae epoch", |b| {
+        b.iter(|| epoch(&mut m, &train, &mut rng))
+    });
+    g.bench_function("macridvae score all users", |b| {
+        b.iter(|| m.score_users(&users, &train, &mut out))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
