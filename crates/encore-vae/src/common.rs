@@ -1,25 +1,26 @@
 //! What the two autoencoders share: named parameters kept as plain `f32` buffers, a fused Adam,
 //! safetensors I/O, the sparse batch, the sparse first layer, initialisers and the random draws.
 //!
-//! # Why parameters live outside burn
+//! # Why parameters are plain buffers
 //!
-//! Each step copies the parameters into tracked burn tensors on the autodiff device, runs the
-//! forward pass and `backward`, reads the gradients back and applies Adam here. The copy is a
-//! memcpy of a few MB (cheap next to the matrix products), and in exchange the weights, the Adam
-//! moments and every counter are plain buffers: saving, loading, resuming and hashing them is
-//! trivial and exact, and the optimiser has no framework state to reconstruct.
+//! The forward and backward passes are written by hand over `gemm` (see `kernels`), and Adam
+//! is applied here: the weights, the Adam moments and every counter are plain buffers, so
+//! saving, loading, resuming and hashing them is trivial and exact. The burn helpers below
+//! (`#[cfg(test)]`) build the same models as burn autodiff graphs, the reference the
+//! hand-written gradients are checked against.
 //!
 //! # Randomness
 //!
 //! Every random draw (initial weights, dropout masks, reparameterisation noise, Gumbel noise,
 //! batch order) is made here from a `ChaCha8Rng` (the trainer's stream during training), never
-//! by the tensor backend: burn's device seed is process-global, so a run would depend on what
+//! by a tensor backend: burn's device seed is process-global, so a run would depend on what
 //! else ran before it. Draws are generated single-threaded in a fixed order, so results do not
 //! depend on the number of threads.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+#[cfg(test)]
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use encore_data::InteractionMatrix;
 use encore_models::ModelError;
@@ -28,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
 /// The CPU device used for training (with autodiff) and scoring (without).
 pub(crate) fn cpu() -> Device {
     Device::flex()
@@ -57,6 +59,7 @@ impl Params {
         });
     }
 
+    #[cfg(test)]
     /// The tensor of parameter `i` on `device` (tracked when `device` has autodiff).
     pub fn tensor<const D: usize>(&self, i: usize, device: &Device) -> Tensor<D> {
         let p = &self.list[i];
@@ -410,6 +413,7 @@ impl SparseBatch {
         }
     }
 
+    #[cfg(test)]
     /// Row-major flat positions `row * n_items + item` of the entries (to gather a row's
     /// log-probabilities from a `[rows, items]` tensor).
     pub fn flat_positions(&self, n_items: usize) -> Vec<i64> {
@@ -421,11 +425,13 @@ impl SparseBatch {
     }
 }
 
+#[cfg(test)]
 pub(crate) fn int_tensor(v: Vec<i64>, device: &Device) -> Tensor<1, Int> {
     let n = v.len();
     Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
 }
 
+#[cfg(test)]
 pub(crate) fn float_tensor<const D: usize>(
     v: Vec<f32>,
     shape: [usize; D],
@@ -434,6 +440,7 @@ pub(crate) fn float_tensor<const D: usize>(
     Tensor::<D>::from_data(TensorData::new(v, shape), device)
 }
 
+#[cfg(test)]
 /// The sparse first layer `x W + b` for a batch of sparse rows (MODELS.md: "a sparse gather of
 /// weight rows and a scatter-add of their gradients, not a dense product"): gather the weight
 /// rows of the entries' items (`select`), scale each by its value, and add them into their
@@ -465,11 +472,13 @@ pub(crate) fn sparse_linear(
     ) + bias
 }
 
+#[cfg(test)]
 /// `x W + b` for a dense batch.
 pub(crate) fn linear(x: Tensor<2>, w: &Tensor<2>, b: &Tensor<1>) -> Tensor<2> {
     x.matmul(w.clone()) + b.clone().unsqueeze_dim::<2>(0)
 }
 
+#[cfg(test)]
 /// Rows divided by their L2 norm. PyTorch's `F.normalize` divides by `max(‖x‖, 1e-12)`; here
 /// the norm is `sqrt(‖x‖² + 1e-24)`, equal to within 1e-24 relative for any row that is not
 /// ~0, and with a finite gradient at an all-zero row (burn's `sqrt` backward at 0 is infinite,
@@ -479,6 +488,7 @@ pub(crate) fn l2_normalise_rows(x: Tensor<2>) -> Tensor<2> {
     x / norm
 }
 
+#[cfg(test)]
 /// Read a tensor's values back to the host.
 pub(crate) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()

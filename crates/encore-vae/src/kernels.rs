@@ -238,7 +238,6 @@ impl Csr {
     }
 
     /// `X^T G` restricted to the value gradient: `dv_e = <W[col_e, :], G[row_e, :]>`.
-    #[allow(dead_code)] // for a hand-written MacridVAE first layer (values carry gradients)
     pub fn value_grads(&self, w: &[f32], g: &[f32], out: usize) -> Vec<f32> {
         let mut dv = vec![0f32; self.nnz()];
         dv.par_chunks_mut(4096).enumerate().for_each(|(c, dv)| {

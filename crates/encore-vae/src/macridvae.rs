@@ -31,20 +31,25 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::activation::{log_softmax, softmax};
-use burn::tensor::{Device, IndexingUpdateOp, Tensor};
+#[cfg(test)]
+use burn::tensor::{
+    activation::{log_softmax, softmax},
+    Device, IndexingUpdateOp, Tensor,
+};
 use encore_data::InteractionMatrix;
 use encore_models::config::{check_range, ModelConfig, TrainerConfig};
 use encore_models::{EpochContext, ModelError, Recommender, Trainable};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, bias, check_out, checked_history, cpu, float_tensor, int_tensor, kl_weight,
-    l2_normalise_rows, linear, normals, read_meta, read_safetensors, to_vec, write_meta,
-    write_safetensors, xavier, Adam, Init, Params, SparseBatch, TrainCounters,
+    self, bias, check_out, checked_history, kl_weight, normals, read_meta, read_safetensors,
+    write_meta, write_safetensors, xavier, Adam, Init, Params, SparseBatch, TrainCounters,
 };
+#[cfg(test)]
+use crate::common::{cpu, float_tensor, int_tensor, l2_normalise_rows, linear, to_vec};
 use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
 
 /// MacridVAE's configuration (see the module documentation for the two presets).
@@ -176,8 +181,10 @@ impl ModelConfig for MacridVaeConfig {
     }
 }
 
-/// Scoring chunks hold at most this many `facets x users x items` floats.
-const SCORE_FLOATS: usize = 1 << 25;
+/// Users scored per forward pass (bounds memory at two buffers of this many rows x items).
+const SCORE_CHUNK: usize = 1024;
+
+mod hand;
 
 /// A MacridVAE model: configuration, weights, and training state.
 #[derive(Debug, Clone)]
@@ -189,7 +196,8 @@ pub struct MacridVae {
     updates: u64,
 }
 
-/// Parameter tensors of one forward pass.
+/// Parameter tensors of one forward pass on burn (the reference in the tests).
+#[cfg(test)]
 struct Weights {
     items: Tensor<2>,
     cores: Tensor<2>,
@@ -197,6 +205,7 @@ struct Weights {
     bs: Vec<Tensor<1>>,
 }
 
+#[cfg(test)]
 impl Weights {
     fn new(params: &Params, device: &Device) -> Self {
         let n = (params.list.len() - 2) / 2;
@@ -335,6 +344,30 @@ impl MacridVae {
         }
     }
 
+    /// One gradient step on the users `users` of `train`.
+    pub(crate) fn step(
+        &mut self,
+        train: &InteractionMatrix,
+        users: &[u32],
+        rng: &mut ChaCha8Rng,
+    ) -> StepLoss {
+        let x = SparseBatch::from_users(train, users);
+        let noise = self.draw_noise(&x, rng);
+        let beta = kl_weight(
+            self.updates,
+            self.config.anneal_cap,
+            self.config.total_anneal_steps,
+        );
+        let (parts, grads) = self.loss_and_grads(&x, &noise, beta);
+        self.adam.step(&mut self.params, &grads);
+        self.updates += 1;
+        parts
+    }
+}
+
+/// The burn reference of the forward pass and loss (tests only).
+#[cfg(test)]
+impl MacridVae {
     /// The facet assignments `C` `[I, K]` and the normalised item embeddings `[I, d]`.
     fn assignments(
         &self,
@@ -511,36 +544,6 @@ impl MacridVae {
         let loss = recon.clone() + kl.clone().mul_scalar(beta);
         (loss, recon, kl)
     }
-
-    /// One gradient step on the users `users` of `train`.
-    pub(crate) fn step(
-        &mut self,
-        train: &InteractionMatrix,
-        users: &[u32],
-        rng: &mut ChaCha8Rng,
-    ) -> StepLoss {
-        let x = SparseBatch::from_users(train, users);
-        let noise = self.draw_noise(&x, rng);
-        let beta = kl_weight(
-            self.updates,
-            self.config.anneal_cap,
-            self.config.total_anneal_steps,
-        );
-        let device = cpu().autodiff();
-        let w = Weights::new(&self.params, &device);
-        let (loss, recon, kl) = self.loss(&w, &x, noise, beta, &device);
-        let parts = StepLoss {
-            loss: to_vec(loss.clone())[0] as f64,
-            recon: to_vec(recon)[0] as f64,
-            kl: to_vec(kl)[0] as f64,
-            beta,
-        };
-        let grads = loss.backward();
-        let g = w.grads(&grads);
-        self.adam.step(&mut self.params, &g);
-        self.updates += 1;
-        parts
-    }
 }
 
 impl Recommender for MacridVae {
@@ -554,16 +557,15 @@ impl Recommender for MacridVae {
 
     fn score_users(&self, users: &[u32], input: &InteractionMatrix, out: &mut [f32]) {
         check_out(out, users.len(), self.n_items);
-        let device = cpu();
-        let w = Weights::new(&self.params, &device);
-        let chunk = (SCORE_FLOATS / (self.config.n_facets * self.n_items)).max(1);
         for (us, out) in users
-            .chunks(chunk)
-            .zip(out.chunks_mut(chunk * self.n_items))
+            .chunks(SCORE_CHUNK)
+            .zip(out.chunks_mut(SCORE_CHUNK * self.n_items))
         {
             let x = SparseBatch::from_users(input, us);
-            let (logits, _) = self.forward(&w, &x, None, &device);
-            out.copy_from_slice(&to_vec(logits));
+            let (probs, _) = self.forward_hand(&x, None);
+            out.par_iter_mut()
+                .zip(&probs)
+                .for_each(|(o, p)| *o = p.ln());
         }
     }
 
@@ -747,6 +749,100 @@ mod tests {
             }
             assert!(last < first * 0.9, "{first} -> {last}");
             assert_eq!(m.updates(), 151);
+        }
+    }
+
+    /// The hand-written loss and gradients against burn's autodiff of the reference graph,
+    /// for both input modes (whole-row and per-facet normalisation, with dropout, Gumbel noise
+    /// and an empty user), two hidden layers, and the scores against the reference's logits.
+    #[test]
+    fn hand_written_backward_matches_burn_autodiff() {
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            let cfg = MacridVaeConfig {
+                n_facets: 3,
+                latent_dim: 4,
+                hidden_dims: vec![5, 6],
+                dropout: 0.3,
+                std0: 0.5,
+                bias_init_std: 0.3,
+                ..preset
+            };
+            let m = MacridVae::new(cfg, 6).unwrap();
+            let train = tiny_matrix();
+            let x = SparseBatch::from_users(&train, &[3, 0, 4, 1, 2]);
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let noise = m.draw_noise(&x, &mut rng);
+            let noise2 = Noise {
+                gumbel: noise.gumbel.clone(),
+                keep: noise.keep.clone(),
+                scale: noise.scale,
+                eps: noise.eps.clone(),
+            };
+            let beta = 0.4;
+            let (parts, grads) = m.loss_and_grads(&x, &noise, beta);
+            let device = cpu().autodiff();
+            let w = Weights::new(&m.params, &device);
+            let (loss, recon, kl) = m.loss(&w, &x, noise2, beta, &device);
+            assert!((parts.recon - to_vec(recon)[0] as f64).abs() < 1e-4);
+            assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-4);
+            assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
+            let want = w.grads(&loss.backward());
+            for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
+                let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
+                assert_eq!(g.len(), w.len(), "{}", p.name);
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
+                        "{}: {a} vs {b}",
+                        p.name
+                    );
+                }
+            }
+            // Scores: the hand-written logits against the reference's.
+            let users: Vec<u32> = (0..5).collect();
+            let mut out = vec![0f32; 5 * 6];
+            m.score_users(&users, &train, &mut out);
+            let device = cpu();
+            let w = Weights::new(&m.params, &device);
+            let xs = SparseBatch::from_users(&train, &users);
+            let (logits, _) = m.forward(&w, &xs, None, &device);
+            for (a, b) in out.iter().zip(to_vec(logits)) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+        }
+    }
+
+    /// A training step gives the same weights on one thread and on three, bit for bit.
+    #[test]
+    fn steps_are_thread_count_independent() {
+        let n_items = 700u32;
+        let rows: Vec<Vec<u32>> = (0..200u32)
+            .map(|u| {
+                (0..30)
+                    .map(|j| (u * 37 + j * 101) % n_items)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        let train = InteractionMatrix::from_rows(n_items as usize, &rows);
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        let mut m = MacridVae::new(preset.clone(), n_items as usize).unwrap();
+                        let mut rng = ChaCha8Rng::seed_from_u64(5);
+                        let users = train.nonempty_users();
+                        m.step(&train, &users, &mut rng);
+                        let mut out = vec![0f32; 4 * n_items as usize];
+                        m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                        (m.params, out)
+                    })
+            };
+            assert!(run(1) == run(3), "{}", preset.preset);
         }
     }
 

@@ -1,0 +1,495 @@
+//! MacridVAE's forward and backward passes written by hand over [`crate::kernels`] (why: see
+//! that module; on ml-100k the burn graph took 4 s per `recbole` step, most of it in
+//! materialised `K x B x I` tensors and a gathered `K x nnz x hidden` first layer). The burn
+//! version (`MacridVae::loss`) stays as the reference the tests check this one against.
+//!
+//! Layout: facet-major stacks, row `k * B + r` is user `r`'s facet `k`. The decoder is
+//! evaluated one facet at a time (`Q_k = exp(z_k Ĥᵀ / τ)`, `B x I`), accumulating
+//! `p = Σ_k Q_k ⊙ C_{·k}`; training keeps the `Q_k` for the backward pass, scoring reuses one
+//! buffer. With `logits = ln p`, the multinomial loss's gradient with respect to `p` is
+//! `(n_u / Σ_i p_ui − x_ui / p_ui) / B`, so no logarithm is needed in the backward pass.
+
+use rayon::prelude::*;
+
+use super::{MacridVae, Noise, StepLoss};
+use crate::common::SparseBatch;
+use crate::kernels::{
+    add_bias, col_sums, matmul, row_chunk, tanh_backward, tanh_inplace, Csr, Mat,
+};
+
+/// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
+fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
+    x.chunks_exact_mut(d)
+        .map(|row| {
+            let n = (row.iter().map(|v| v * v).sum::<f32>() + 1e-24).sqrt();
+            row.iter_mut().for_each(|v| *v /= n);
+            n
+        })
+        .collect()
+}
+
+/// The gradient through [`normalise_rows`]: `dx = (dy − y (y · dy)) / n`.
+fn normalise_rows_backward(dy: &mut [f32], y: &[f32], norms: &[f32], d: usize) {
+    for ((g, y), n) in dy.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(norms) {
+        let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+        for (g, y) in g.iter_mut().zip(y) {
+            *g = (*g - y * dot) / n;
+        }
+    }
+}
+
+/// Rows per partial sum in column reductions over the batch (fixed, so the summation order
+/// does not depend on the thread count).
+const REDUCE_ROWS: usize = 64;
+
+/// What the training forward pass keeps for the backward pass.
+pub(super) struct Trace {
+    items_n: Vec<f32>,
+    item_norms: Vec<f32>,
+    cores_n: Vec<f32>,
+    core_norms: Vec<f32>,
+    /// Assignments `C` `[I, K]`.
+    c: Vec<f32>,
+    /// The first layer's input, all facets stacked (`K * B` rows).
+    first: Csr,
+    /// Per entry of `first`: the entry of the raw batch it comes from.
+    src: Vec<usize>,
+    /// Per-facet row norms `[K * B]` (per-facet normalisation only).
+    facet_norms: Vec<f32>,
+    /// Whole-row input: per raw entry, its normalised (not dropped-out) value.
+    base: Vec<f32>,
+    inputs: Vec<Vec<f32>>,
+    enc_out: Vec<f32>,
+    mu: Vec<f32>,
+    mu_norms: Vec<f32>,
+    sigma: Vec<f32>,
+    z: Vec<f32>,
+    z_norms: Vec<f32>,
+    /// `Q_k` for every facet, `[K, B, I]`.
+    q: Vec<f32>,
+}
+
+impl MacridVae {
+    fn enc_shape(&self, l: usize) -> (usize, usize) {
+        let s = &self.params.list[2 + 2 * l].shape;
+        (s[0], s[1])
+    }
+
+    /// The forward pass on raw batch `x`: `p` `[B, I]` (logits are `ln p`) and the trace.
+    /// `noise = None` scores: softmax assignments, no dropout, `z = μ`.
+    pub(super) fn forward_hand(&self, x: &SparseBatch, noise: Option<&Noise>) -> (Vec<f32>, Trace) {
+        let p = &self.params.list;
+        let (k, d, b, n, tau) = (
+            self.config.n_facets,
+            self.config.latent_dim,
+            x.n_rows,
+            self.n_items,
+            self.config.tau as f32,
+        );
+        let training = noise.is_some();
+        let mut items_n = p[0].data.clone();
+        let item_norms = normalise_rows(&mut items_n, d);
+        let mut cores_n = p[1].data.clone();
+        let core_norms = normalise_rows(&mut cores_n, d);
+        // Assignments C = softmax(Ĥ M̂ᵀ / τ (+ Gumbel)).
+        let mut c = vec![0f32; n * k];
+        matmul(
+            &mut c,
+            Mat::new(&items_n, n, d),
+            Mat::new(&cores_n, k, d).t(),
+            false,
+        );
+        let gumbel = noise.and_then(|nz| nz.gumbel.as_deref());
+        c.par_chunks_mut(k).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v /= tau;
+                if let Some(g) = gumbel {
+                    *v += g[i * k + j];
+                }
+            }
+            let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+            let mut s = 0f32;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                s += *v;
+            }
+            row.iter_mut().for_each(|v| *v /= s);
+        });
+
+        // First-layer input of every facet, stacked.
+        let scale = noise.map_or(1.0, |nz| nz.scale);
+        let mut rows_of: Vec<usize> = Vec::new();
+        let mut cols = Vec::new();
+        let mut vals = Vec::new();
+        let mut src = Vec::new();
+        let mut facet_norms = Vec::new();
+        let mut base = Vec::new();
+        let all: Vec<i64>;
+        if self.config.whole_row_input {
+            base = x.l2_normalised().values;
+            let kept: &[i64] = match noise {
+                Some(nz) => &nz.keep[0],
+                None => {
+                    all = (0..x.nnz() as i64).collect();
+                    &all
+                }
+            };
+            for f in 0..k {
+                for &e in kept {
+                    let e = e as usize;
+                    let i = x.items[e] as usize;
+                    rows_of.push(f * b + x.rows[e] as usize);
+                    cols.push(i as u32);
+                    vals.push(base[e] * scale * c[i * k + f]);
+                    src.push(e);
+                }
+            }
+        } else {
+            facet_norms = vec![0f32; k * b];
+            for f in 0..k {
+                for e in 0..x.nnz() {
+                    let cv = x.values[e] * c[x.items[e] as usize * k + f];
+                    facet_norms[f * b + x.rows[e] as usize] += cv * cv;
+                }
+            }
+            facet_norms
+                .iter_mut()
+                .for_each(|v| *v = (*v + 1e-24).sqrt());
+            for f in 0..k {
+                let kept: Vec<usize> = match noise {
+                    Some(nz) => nz.keep[f].iter().map(|&e| e as usize).collect(),
+                    None => (0..x.nnz()).collect(),
+                };
+                for e in kept {
+                    let i = x.items[e] as usize;
+                    let row = f * b + x.rows[e] as usize;
+                    rows_of.push(row);
+                    cols.push(i as u32);
+                    vals.push(x.values[e] * c[i * k + f] / facet_norms[row] * scale);
+                    src.push(e);
+                }
+            }
+        }
+        let mut offsets = vec![0usize; k * b + 1];
+        for &r in &rows_of {
+            offsets[r + 1] += 1;
+        }
+        for r in 0..k * b {
+            offsets[r + 1] += offsets[r];
+        }
+        let first = Csr {
+            n_rows: k * b,
+            offsets,
+            cols,
+            values: vals,
+        };
+
+        // Shared encoder on the K * B rows.
+        let n_enc = (p.len() - 2) / 2;
+        let mut inputs = vec![Vec::new(); n_enc];
+        let mut h = first.times_dense(&p[2].data, &p[3].data);
+        for (l, slot) in inputs.iter_mut().enumerate().skip(1) {
+            tanh_inplace(&mut h);
+            let (i, o) = self.enc_shape(l);
+            let mut y = vec![0f32; k * b * o];
+            matmul(
+                &mut y,
+                Mat::new(&h, k * b, i),
+                Mat::new(&p[2 + 2 * l].data, i, o),
+                false,
+            );
+            add_bias(&mut y, &p[3 + 2 * l].data);
+            *slot = std::mem::replace(&mut h, y);
+        }
+        let enc_out = h;
+        let mut mu = vec![0f32; k * b * d];
+        for (m, o) in mu.chunks_exact_mut(d).zip(enc_out.chunks_exact(2 * d)) {
+            m.copy_from_slice(&o[..d]);
+        }
+        let mu_norms = normalise_rows(&mut mu, d);
+        let (mut sigma, mut z, mut z_norms) = (Vec::new(), mu.clone(), Vec::new());
+        if let Some(nz) = noise {
+            let std0 = self.config.std0 as f32;
+            sigma = enc_out
+                .chunks_exact(2 * d)
+                .flat_map(|o| o[d..].iter().map(move |h| (-0.5 * h).exp() * std0))
+                .collect();
+            for ((z, s), e) in z.iter_mut().zip(&sigma).zip(&nz.eps) {
+                *z += s * e;
+            }
+            z_norms = normalise_rows(&mut z, d);
+        }
+
+        // Decoder, one facet at a time: p += exp(z_k Ĥᵀ / τ) ⊙ C_{·k}.
+        let ct: Vec<f32> = (0..k)
+            .flat_map(|f| (0..n).map(move |i| (f, i)))
+            .map(|(f, i)| c[i * k + f])
+            .collect();
+        let mut probs = vec![0f32; b * n];
+        let mut q = vec![0f32; if training { k * b * n } else { b * n }];
+        let inv_tau = 1.0 / tau;
+        for f in 0..k {
+            let qk = if training {
+                &mut q[f * b * n..][..b * n]
+            } else {
+                &mut q[..]
+            };
+            matmul(
+                qk,
+                Mat::new(&z[f * b * d..][..b * d], b, d),
+                Mat::new(&items_n, n, d).t(),
+                false,
+            );
+            let cf = &ct[f * n..][..n];
+            probs
+                .par_chunks_mut(n * row_chunk(n))
+                .zip(qk.par_chunks_mut(n * row_chunk(n)))
+                .for_each(|(pr, qr)| {
+                    for (pr, qr) in pr.chunks_exact_mut(n).zip(qr.chunks_exact_mut(n)) {
+                        for ((p, q), c) in pr.iter_mut().zip(qr.iter_mut()).zip(cf) {
+                            *q = (*q * inv_tau).exp();
+                            *p += *q * c;
+                        }
+                    }
+                });
+        }
+        if !training {
+            q = Vec::new();
+        }
+        (
+            probs,
+            Trace {
+                items_n,
+                item_norms,
+                cores_n,
+                core_norms,
+                c,
+                first,
+                src,
+                facet_norms,
+                base,
+                inputs,
+                enc_out,
+                mu,
+                mu_norms,
+                sigma,
+                z,
+                z_norms,
+                q,
+            },
+        )
+    }
+
+    /// Loss parts and gradients (parameter order) of one training batch.
+    #[allow(clippy::needless_range_loop)] // entries index three parallel arrays
+    pub(super) fn loss_and_grads(
+        &self,
+        x: &SparseBatch,
+        noise: &Noise,
+        beta: f64,
+    ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
+        let p = &self.params.list;
+        let (k, d, b, n, tau) = (
+            self.config.n_facets,
+            self.config.latent_dim,
+            x.n_rows,
+            self.n_items,
+            self.config.tau as f32,
+        );
+        let kb = k * b;
+        let inv_tau = 1.0 / tau;
+        let (mut probs, mut t) = self.forward_hand(x, Some(noise));
+        let xc = x.to_csr();
+        let inv_b = 1.0 / b.max(1) as f32;
+        // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
+        let recon_rows: Vec<f64> = probs
+            .par_chunks_mut(n)
+            .enumerate()
+            .map(|(r, row)| {
+                let sum: f64 = row.iter().map(|&v| v as f64).sum();
+                let mut n_u = 0f32;
+                let mut picked = 0f64;
+                let ents = xc.offsets[r]..xc.offsets[r + 1];
+                for e in ents.clone() {
+                    n_u += xc.values[e];
+                    picked += xc.values[e] as f64 * (row[xc.cols[e] as usize] as f64).ln();
+                }
+                let a = (n_u as f64 / sum) as f32 * inv_b;
+                let grads: Vec<(usize, f32)> = ents
+                    .map(|e| {
+                        let i = xc.cols[e] as usize;
+                        (i, xc.values[e] * inv_b / row[i])
+                    })
+                    .collect();
+                row.iter_mut().for_each(|v| *v = a);
+                for (i, g) in grads {
+                    row[i] -= g;
+                }
+                n_u as f64 * sum.ln() - picked
+            })
+            .collect();
+        let dprobs = probs;
+        let recon = recon_rows.iter().sum::<f64>() / b.max(1) as f64;
+        let mut kl = 0f64;
+        for o in t.enc_out.chunks_exact(2 * d) {
+            for &h in &o[d..] {
+                kl += 0.5 * (h as f64 + (-h as f64).exp() - 1.0);
+            }
+        }
+        kl /= b.max(1) as f64;
+
+        // Decoder backward, per facet.
+        let mut dc = vec![0f32; n * k];
+        let mut dz = vec![0f32; kb * d];
+        let mut d_items_n = vec![0f32; n * d];
+        for f in 0..k {
+            let qk = &mut t.q[f * b * n..][..b * n];
+            // dC_ik += Σ_r dp_ri Q_kri, in fixed row blocks.
+            let partial: Vec<Vec<f32>> = dprobs
+                .par_chunks(n * REDUCE_ROWS)
+                .zip(qk.par_chunks(n * REDUCE_ROWS))
+                .map(|(g, q)| {
+                    let mut s = vec![0f32; n];
+                    for (g, q) in g.chunks_exact(n).zip(q.chunks_exact(n)) {
+                        for ((s, g), q) in s.iter_mut().zip(g).zip(q) {
+                            *s += g * q;
+                        }
+                    }
+                    s
+                })
+                .collect();
+            let mut colsum = vec![0f32; n];
+            for s in partial {
+                colsum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+            }
+            for (i, v) in colsum.iter().enumerate() {
+                dc[i * k + f] += v;
+            }
+            // dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ, in place of Q_k.
+            let cf: Vec<f32> = (0..n).map(|i| t.c[i * k + f] * inv_tau).collect();
+            qk.par_chunks_mut(n * row_chunk(n))
+                .zip(dprobs.par_chunks(n * row_chunk(n)))
+                .for_each(|(q, g)| {
+                    for (q, g) in q.chunks_exact_mut(n).zip(g.chunks_exact(n)) {
+                        for ((q, g), c) in q.iter_mut().zip(g).zip(&cf) {
+                            *q *= g * c;
+                        }
+                    }
+                });
+            let qk = &t.q[f * b * n..][..b * n];
+            matmul(
+                &mut dz[f * b * d..][..b * d],
+                Mat::new(qk, b, n),
+                Mat::new(&t.items_n, n, d),
+                false,
+            );
+            matmul(
+                &mut d_items_n,
+                Mat::new(qk, b, n).t(),
+                Mat::new(&t.z[f * b * d..][..b * d], b, d),
+                true,
+            );
+        }
+        // z = normalise(μ + σ ⊙ ε); μ = normalise(μ_raw); σ = exp(−h/2) std0.
+        normalise_rows_backward(&mut dz, &t.z, &t.z_norms, d);
+        let c_kl = (beta / b.max(1) as f64) as f32;
+        let mut dmu = dz.clone();
+        normalise_rows_backward(&mut dmu, &t.mu, &t.mu_norms, d);
+        let mut dy = vec![0f32; kb * 2 * d];
+        for r in 0..kb {
+            let o = &t.enc_out[r * 2 * d..][..2 * d];
+            let g = &mut dy[r * 2 * d..][..2 * d];
+            g[..d].copy_from_slice(&dmu[r * d..][..d]);
+            for j in 0..d {
+                let s = t.sigma[r * d + j];
+                let ds = dz[r * d + j] * noise.eps[r * d + j];
+                g[d + j] = -0.5 * ds * s + c_kl * 0.5 * (1.0 - (-o[d + j]).exp());
+            }
+        }
+        // Shared encoder backward.
+        let n_enc = (p.len() - 2) / 2;
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; p.len()];
+        for l in (1..n_enc).rev() {
+            let (i, o) = self.enc_shape(l);
+            let a = &t.inputs[l];
+            let mut dw = vec![0f32; i * o];
+            matmul(&mut dw, Mat::new(a, kb, i).t(), Mat::new(&dy, kb, o), false);
+            grads[2 + 2 * l] = Some(dw);
+            grads[3 + 2 * l] = Some(col_sums(&dy, o));
+            let mut da = vec![0f32; kb * i];
+            matmul(
+                &mut da,
+                Mat::new(&dy, kb, o),
+                Mat::new(&p[2 + 2 * l].data, i, o).t(),
+                false,
+            );
+            tanh_backward(&mut da, a);
+            dy = da;
+        }
+        let hidden = self.enc_shape(0).1;
+        grads[2] = Some(t.first.transpose_times(&dy, hidden, n));
+        grads[3] = Some(col_sums(&dy, hidden));
+        // The first layer's values carry gradient to C.
+        let dv = t.first.value_grads(&p[2].data, &dy, hidden);
+        let scale = noise.scale;
+        if self.config.whole_row_input {
+            for r in 0..kb {
+                let f = r / b;
+                for j in t.first.offsets[r]..t.first.offsets[r + 1] {
+                    let e = t.src[j];
+                    dc[x.items[e] as usize * k + f] += dv[j] * t.base[e] * scale;
+                }
+            }
+        } else {
+            // u_e = c_e / ‖c‖ · m_e with c_e = x_e C_{i_e k}: dc_e = q_e / ‖c‖ − c_e (Σ q c) / ‖c‖³.
+            for r in 0..kb {
+                let (f, u) = (r / b, r % b);
+                let norm = t.facet_norms[r];
+                let cval = |e: usize| x.values[e] * t.c[x.items[e] as usize * k + f];
+                let mut s = 0f32;
+                for j in t.first.offsets[r]..t.first.offsets[r + 1] {
+                    let e = t.src[j];
+                    let q = dv[j] * scale;
+                    s += q * cval(e);
+                    dc[x.items[e] as usize * k + f] += x.values[e] * q / norm;
+                }
+                let s3 = s / (norm * norm * norm);
+                for e in xc.offsets[u]..xc.offsets[u + 1] {
+                    dc[x.items[e] as usize * k + f] -= x.values[e] * cval(e) * s3;
+                }
+            }
+        }
+        // C = softmax(A), A = Ĥ M̂ᵀ / τ (+ Gumbel).
+        let mut da = dc;
+        for (g, c) in da.chunks_exact_mut(k).zip(t.c.chunks_exact(k)) {
+            let dot: f32 = g.iter().zip(c).map(|(a, b)| a * b).sum();
+            for (g, c) in g.iter_mut().zip(c) {
+                *g = c * (*g - dot) * inv_tau;
+            }
+        }
+        matmul(
+            &mut d_items_n,
+            Mat::new(&da, n, k),
+            Mat::new(&t.cores_n, k, d),
+            true,
+        );
+        let mut d_cores_n = vec![0f32; k * d];
+        matmul(
+            &mut d_cores_n,
+            Mat::new(&da, n, k).t(),
+            Mat::new(&t.items_n, n, d),
+            false,
+        );
+        normalise_rows_backward(&mut d_items_n, &t.items_n, &t.item_norms, d);
+        normalise_rows_backward(&mut d_cores_n, &t.cores_n, &t.core_norms, d);
+        grads[0] = Some(d_items_n);
+        grads[1] = Some(d_cores_n);
+        let loss = StepLoss {
+            loss: recon + beta * kl,
+            recon,
+            kl,
+            beta,
+        };
+        (loss, grads)
+    }
+}
