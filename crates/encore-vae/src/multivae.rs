@@ -361,7 +361,9 @@ impl MultiVae {
                 // One exponential per entry: the row becomes exp(v - max), then is scaled.
                 let mut sum = 0f32;
                 for v in row.iter_mut() {
-                    *v = (*v - max).exp();
+                    *v = crate::kernels::exp(*v - max);
+                }
+                for v in row.iter() {
                     sum += *v;
                 }
                 let lse = max + sum.ln();

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::{MacridVae, Noise, StepLoss};
 use crate::common::SparseBatch;
 use crate::kernels::{
-    add_bias, col_sums, matmul, row_chunk, tanh_backward, tanh_inplace, Csr, Mat,
+    add_bias, col_sums, exp, matmul, row_chunk, tanh_backward, tanh_inplace, Csr, Mat,
 };
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
@@ -246,9 +246,11 @@ impl MacridVae {
                 .zip(qk.par_chunks_mut(n * row_chunk(n)))
                 .for_each(|(pr, qr)| {
                     for (pr, qr) in pr.chunks_exact_mut(n).zip(qr.chunks_exact_mut(n)) {
-                        for ((p, q), c) in pr.iter_mut().zip(qr.iter_mut()).zip(cf) {
-                            *q = (*q * inv_tau).exp();
-                            *p += *q * c;
+                        for q in qr.iter_mut() {
+                            *q = exp(*q * inv_tau);
+                        }
+                        for ((p, q), c) in pr.iter_mut().zip(qr.iter()).zip(cf) {
+                            *p += q * c;
                         }
                     }
                 });
