@@ -63,12 +63,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ndcgs = Vec::new();
     for &seed in &seeds {
         let split = Split::make(&dataset, SplitKind::Ratio, seed)?;
-        let mut seed_sets = sets.clone();
-        seed_sets.push(format!("train.seed={seed}"));
-        seed_sets.push(format!("init_seed={seed}"));
+        // The seed draws the split, the initial weights and the training stream, unless
+        // `--set init_seed=..` / `--set train.seed=..` fix the latter two (to tell the split's
+        // share of the variance from the training randomness's).
+        let mut seed_sets = vec![
+            sets[0].clone(),
+            format!("train.seed={seed}"),
+            format!("init_seed={seed}"),
+        ];
+        seed_sets.extend(sets[1..].iter().cloned());
         let run_dir = std::env::temp_dir()
             .join("encore-ml100k")
-            .join(format!("{model}-{preset}-{seed}"));
+            .join(format!("{model}-{preset}-{seed}-{}", std::process::id()));
         let n_items = dataset.matrix.n_items();
         let ndcg = match model {
             "multivae" => {
