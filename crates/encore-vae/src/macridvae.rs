@@ -20,6 +20,17 @@
 //! `d = 64`, hidden 600, `std0 = 0.01`, whole-row normalisation and dropout, batch 2048,
 //! Xavier-normal, zero biases).
 //!
+//! Checked against RecBole 1.2's `macridvae.py` for the `recbole` preset: cosine assignments
+//! with `gumbel_softmax(tau = 1, hard = False)` in training and `softmax` when scoring; the row
+//! normalised and dropped out once, then `x ⊙ C_{·k}` per facet; `μ_k` normalised; `z_k`
+//! normalised again after the noise; `p = Σ_k exp(cos / τ) C_{·k}`, logits `ln p`; KL summed
+//! over facets, each a mean over users; `reg_weights = [0, 0]` (no L2 term); Xavier-normal on
+//! the embeddings (fan-in `d`, fan-out the row count) and the linear weights, zero biases.
+//! β's one-step offset is as in MultiVAE.
+//!
+//! Implementation: the forward and backward passes are written by hand (`hand.rs`); the
+//! burn graph (`MacridVae::forward`, tests only) is the reference they are checked against.
+//!
 //! Deviations: RecBole names the second half `log σ²` rather than `−log σ²`; with a linear layer
 //! and a sign-symmetric initialisation the two parameterisations are the same model (negate the
 //! layer's second half), so both presets use the official form. MODELS.md gives no batch size
