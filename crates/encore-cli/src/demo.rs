@@ -122,9 +122,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
 fn demo_sets(model: &str) -> Vec<String> {
     match model {
         "bpr" => vec!["train.epochs=100".into()],
-        "lightgcn" => vec!["train.epochs=30".into()],
-        "multivae" => vec!["train.epochs=25".into()],
-        "macridvae" => vec!["train.epochs=15".into()],
+        "lightgcn" => vec!["train.epochs=40".into()],
+        "multivae" => vec!["train.epochs=60".into()],
+        "macridvae" => vec!["train.epochs=40".into()],
         _ => Vec::new(),
     }
 }
