@@ -142,7 +142,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ));
 
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);
-    println!("{:<w$}  {:>10}  {}", "phase", "time", "");
+    println!("{:<w$}  {:>10}  result", "phase", "time");
     for (a, b, c) in &rows {
         println!("{a:<w$}  {b:>10}  {c}");
     }
