@@ -575,6 +575,70 @@ pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<(usize, toml::Table), 
     Ok((n_items, table))
 }
 
+/// One training epoch shared by both VAEs: users shuffled by the trainer's stream, cut into
+/// batches of `batch_size`, one `step` per batch (returning loss, reconstruction, KL and the KL
+/// weight), the progress bar advanced per batch; the loss parts are means over batches.
+pub(crate) fn run_epoch(
+    ctx: encore_models::EpochContext<'_>,
+    n_items: usize,
+    batch_size: usize,
+    mut step: impl FnMut(&InteractionMatrix, &[u32], &mut ChaCha8Rng) -> [f64; 4],
+) -> Result<BTreeMap<String, f64>, ModelError> {
+    if ctx.train.n_items() != n_items {
+        return Err(ModelError::Input(format!(
+            "the training matrix has {} items, the model {}",
+            ctx.train.n_items(),
+            n_items
+        )));
+    }
+    let users = shuffled_users(ctx.train, ctx.rng);
+    let mut sums = [0f64; 4];
+    let mut n = 0usize;
+    for batch in users.chunks(batch_size) {
+        for (acc, v) in sums.iter_mut().zip(step(ctx.train, batch, ctx.rng)) {
+            *acc += v;
+        }
+        n += 1;
+        (ctx.progress)(batch.len() as u64);
+    }
+    let n = n.max(1) as f64;
+    Ok(["loss", "recon", "kl", "beta"]
+        .iter()
+        .zip(sums)
+        .map(|(k, v)| (k.to_string(), v / n))
+        .collect())
+}
+
+/// Write the optimizer moments and the counters (Adam steps, KL-annealing updates) of a
+/// training checkpoint beside the weights.
+pub(crate) fn save_training_extras(
+    dir: &Path,
+    adam: &Adam,
+    updates: u64,
+) -> Result<(), ModelError> {
+    write_safetensors(&dir.join("adam.safetensors"), &adam.to_safetensors())?;
+    let counters = TrainCounters {
+        adam_steps: adam.t,
+        updates,
+    };
+    encore_models::config::write_atomic(
+        &dir.join("counters.json"),
+        serde_json::to_string(&counters).expect("json").as_bytes(),
+    )
+}
+
+/// Read back what [`save_training_extras`] wrote into `adam`; returns the update counter.
+pub(crate) fn load_training_extras(dir: &Path, adam: &mut Adam) -> Result<u64, ModelError> {
+    let path = dir.join("adam.safetensors");
+    adam.fill_from(&read_safetensors(&path)?, &path)?;
+    let cpath = dir.join("counters.json");
+    let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
+    let c: TrainCounters = serde_json::from_str(&text)
+        .map_err(|e| ModelError::format(&cpath, format!("not valid counters JSON: {e}")))?;
+    adam.t = c.adam_steps;
+    Ok(c.updates)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

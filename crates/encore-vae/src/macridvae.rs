@@ -57,7 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     self, bias, check_out, checked_history, kl_weight, normals, read_meta, read_safetensors,
-    write_meta, write_safetensors, xavier, Adam, Init, Params, SparseBatch, TrainCounters,
+    write_meta, write_safetensors, xavier, Adam, Init, Params, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, l2_normalise_rows, linear, to_vec};
@@ -606,43 +606,16 @@ impl Recommender for MacridVae {
 
 impl Trainable for MacridVae {
     fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
-        if ctx.train.n_items() != self.n_items {
-            return Err(ModelError::Input(format!(
-                "the training matrix has {} items, the model {}",
-                ctx.train.n_items(),
-                self.n_items
-            )));
-        }
-        let users = common::shuffled_users(ctx.train, ctx.rng);
-        let mut sums = [0f64; 4];
-        let mut n = 0usize;
-        for batch in users.chunks(self.config.batch_size) {
-            let s = self.step(ctx.train, batch, ctx.rng);
-            for (acc, v) in sums.iter_mut().zip([s.loss, s.recon, s.kl, s.beta]) {
-                *acc += v;
-            }
-            n += 1;
-            (ctx.progress)(batch.len() as u64);
-        }
-        let n = n.max(1) as f64;
-        Ok(["loss", "recon", "kl", "beta"]
-            .iter()
-            .zip(sums)
-            .map(|(k, v)| (k.to_string(), v / n))
-            .collect())
+        let (n_items, batch_size) = (self.n_items, self.config.batch_size);
+        common::run_epoch(ctx, n_items, batch_size, |train, batch, rng| {
+            let s = self.step(train, batch, rng);
+            [s.loss, s.recon, s.kl, s.beta]
+        })
     }
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         self.save(dir)?;
-        write_safetensors(&dir.join("adam.safetensors"), &self.adam.to_safetensors())?;
-        let counters = TrainCounters {
-            adam_steps: self.adam.t,
-            updates: self.updates,
-        };
-        encore_models::config::write_atomic(
-            &dir.join("counters.json"),
-            serde_json::to_string(&counters).expect("json").as_bytes(),
-        )
+        common::save_training_extras(dir, &self.adam, self.updates)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
@@ -654,14 +627,7 @@ impl Trainable for MacridVae {
             ));
         }
         self.params = loaded.params;
-        let path = dir.join("adam.safetensors");
-        self.adam.fill_from(&read_safetensors(&path)?, &path)?;
-        let cpath = dir.join("counters.json");
-        let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
-        let c: TrainCounters = serde_json::from_str(&text)
-            .map_err(|e| ModelError::format(&cpath, format!("not valid counters JSON: {e}")))?;
-        self.adam.t = c.adam_steps;
-        self.updates = c.updates;
+        self.updates = common::load_training_extras(dir, &mut self.adam)?;
         Ok(())
     }
 }
