@@ -1,6 +1,10 @@
 //! Encore's autoencoder recommenders (MODELS.md): [`MultiVae`] (Liang et al. 2018) and
 //! [`MacridVae`] (Ma et al. 2019), each with an `original` and a `recbole` preset.
 //!
+//! Both have a conditioned variant (MultiVAE-C, MacridVAE-C; MODELS.md "Conditioning"):
+//! config key `conditioning` other than `none` and a [`Conditioning`] of fused item features
+//! given to `with_conditioning`.
+//!
 //! Both implement [`encore_models::Recommender`] (scoring without autodiff, batched, fold-in of
 //! any history) and [`encore_models::Trainable`] (one epoch of Adam steps, and a training state
 //! that resumes exactly), so the generic trainer in `encore_models::trainer` drives them.
@@ -12,10 +16,12 @@
 //! scores against it.
 
 mod common;
+pub mod conditioning;
 mod kernels;
 pub mod macridvae;
 pub mod multivae;
 
 pub use common::Init;
+pub use conditioning::{Conditioning, CONDITIONING_KINDS};
 pub use macridvae::{MacridVae, MacridVaeConfig};
 pub use multivae::{MultiVae, MultiVaeConfig};

@@ -61,6 +61,7 @@ use crate::common::{
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, l2_normalise_rows, linear, to_vec};
+use crate::conditioning::{self, Conditioning};
 use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
 
 /// MacridVAE's configuration (see the module documentation for the two presets).
@@ -101,6 +102,15 @@ pub struct MacridVaeConfig {
     pub bias_init_std: f64,
     /// Seed of the initial weights.
     pub init_seed: u64,
+    /// Conditioning (MODELS.md "Conditioning"): `"none"` (plain MacridVAE) or the fusion the
+    /// features come from, `"audio"`, `"lyrics"`, `"concat"`, `"tensor"` (MacridVAE-C, built
+    /// with [`MacridVae::with_conditioning`]). Default `"none"`.
+    #[serde(default = "conditioning::default_kind")]
+    pub conditioning: String,
+    /// Dimensions of the fused features `dim(c_u)`, >= 1 (the CLI fuses to this size); only
+    /// used when conditioned. Default 128 (SPEC §3).
+    #[serde(default = "conditioning::default_dim")]
+    pub cond_dim: usize,
 }
 
 impl MacridVaeConfig {
@@ -123,6 +133,8 @@ impl MacridVaeConfig {
             init: Init::XavierUniform,
             bias_init_std: 0.001,
             init_seed: 2020,
+            conditioning: conditioning::default_kind(),
+            cond_dim: conditioning::default_dim(),
         }
     }
 
@@ -181,7 +193,8 @@ impl ModelConfig for MacridVaeConfig {
         check_range("anneal_cap", self.anneal_cap, 0.0, 1e6)?;
         check_lr(self.lr)?;
         check_range("batch_size", self.batch_size, 1, 1 << 24)?;
-        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)
+        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)?;
+        conditioning::check_config(&self.conditioning, self.cond_dim)
     }
 
     fn trainer_defaults(&self) -> TrainerConfig {
@@ -205,6 +218,8 @@ pub struct MacridVae {
     params: Params,
     adam: Adam,
     updates: u64,
+    /// The item features `c_u` is computed from (MacridVAE-C); `None` for `none`.
+    cond: Option<Conditioning>,
 }
 
 /// Parameter tensors of one forward pass on burn (the reference in the tests).
@@ -258,30 +273,59 @@ struct Noise {
 }
 
 impl MacridVae {
-    /// A freshly initialised model for a catalogue of `n_items`.
+    /// A freshly initialised plain MacridVAE (`conditioning = "none"`) for a catalogue of
+    /// `n_items`; a conditioned configuration needs [`MacridVae::with_conditioning`].
     pub fn new(config: MacridVaeConfig, n_items: usize) -> Result<Self, ModelError> {
+        Self::with_conditioning(config, n_items, None)
+    }
+
+    /// A freshly initialised MacridVAE, conditioned (MacridVAE-C, MODELS.md "Conditioning")
+    /// when `config.conditioning` is not `"none"`: `cond` must then hold the catalogue's fused
+    /// item features of `c = config.cond_dim` dimensions, and
+    /// - the last encoder layer takes `[h_k ; c_u]` (its weight gains `c` rows, appended);
+    /// - each facet latent is extended, `z̃_k = normalise([z_k ; c_u])`;
+    /// - `item_embedding` is `[I, d + c]`, so the decoder cosine is taken in `d + c` dimensions.
+    ///
+    /// MODELS.md is silent on the prototypes; since `cos(h_i, m_k)` needs them as wide as the
+    /// item embeddings, `k_embedding` is `[K, d + c]` too (the natural reading of "the
+    /// embedding size grows"). The KL term stays on the `d`-dimensional `μ_k, σ_k`. Errors as
+    /// `MultiVae::with_conditioning`.
+    pub fn with_conditioning(
+        config: MacridVaeConfig,
+        n_items: usize,
+        cond: Option<Conditioning>,
+    ) -> Result<Self, ModelError> {
         config.check()?;
         if n_items == 0 {
             return Err(ModelError::Input("the catalogue is empty".into()));
         }
+        conditioning::check_for_model(
+            &config.conditioning,
+            config.cond_dim,
+            n_items,
+            cond.as_ref(),
+        )?;
+        let cd = conditioning::width(&config.conditioning, config.cond_dim);
         let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
         let (k, d) = (config.n_facets, config.latent_dim);
+        let de = d + cd;
         let mut params = Params::default();
         params.push(
             "item_embedding",
-            vec![n_items, d],
-            xavier(&mut rng, d, n_items, config.init),
+            vec![n_items, de],
+            xavier(&mut rng, de, n_items, config.init),
         );
         params.push(
             "k_embedding",
-            vec![k, d],
-            xavier(&mut rng, d, k, config.init),
+            vec![k, de],
+            xavier(&mut rng, de, k, config.init),
         );
         let mut dims = vec![n_items];
         dims.extend(&config.hidden_dims);
         dims.push(2 * d);
         for l in 0..dims.len() - 1 {
-            let (i, o) = (dims[l], dims[l + 1]);
+            let extra = if l == dims.len() - 2 { cd } else { 0 };
+            let (i, o) = (dims[l] + extra, dims[l + 1]);
             params.push(
                 &format!("encoder.{l}.weight"),
                 vec![i, o],
@@ -300,20 +344,43 @@ impl MacridVae {
             params,
             adam,
             updates: 0,
+            cond,
         })
     }
 
-    /// Load a model saved by [`Recommender::save`].
+    /// Load a model saved by [`Recommender::save`] (with `conditioning.safetensors` for
+    /// MacridVAE-C).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let (n_items, table) = read_meta(dir, MacridVaeConfig::MODEL)?;
         let config = encore_models::config::resolve_table::<MacridVaeConfig>(table)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
             .model;
-        let mut model = MacridVae::new(config, n_items)?;
+        let cond = if config.conditioning == "none" {
+            None
+        } else {
+            Some(Conditioning::load(dir)?)
+        };
+        let mut model = MacridVae::with_conditioning(config, n_items, cond)
+            .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
         let tensors = read_safetensors(&path)?;
         model.params.fill_from(&tensors, "", &path)?;
         Ok(model)
+    }
+
+    /// The conditioning features (MacridVAE-C), if any.
+    pub fn conditioning(&self) -> Option<&Conditioning> {
+        self.cond.as_ref()
+    }
+
+    /// Width of the conditioning (`cond_dim`, or 0 for the plain model).
+    fn cd(&self) -> usize {
+        self.cond.as_ref().map_or(0, |c| c.dim())
+    }
+
+    /// The conditioning vectors of `users`' rows of `m` (`None` for the plain model).
+    fn cond_vectors(&self, m: &InteractionMatrix, users: &[u32]) -> Option<Vec<f32>> {
+        self.cond.as_ref().map(|c| c.user_vectors(m, users))
     }
 
     /// The configuration.
@@ -369,7 +436,9 @@ impl MacridVae {
             self.config.anneal_cap,
             self.config.total_anneal_steps,
         );
-        let (parts, grads) = self.loss_and_grads(&x, &noise, beta);
+        // c_u from the user's training row (the model input).
+        let cond = self.cond_vectors(train, users);
+        let (parts, grads) = self.loss_and_grads(&x, cond.as_deref(), &noise, beta);
         self.adam.step(&mut self.params, &grads);
         self.updates += 1;
         parts
@@ -420,11 +489,13 @@ impl MacridVae {
     }
 
     /// The forward pass: logits `[B, I]` and the encoder's second half `h` `[K * B, d]`.
-    /// `noise = None` scores (softmax assignments, no dropout, `z = μ`).
+    /// `noise = None` scores (softmax assignments, no dropout, `z = μ`). `cond`: the batch's
+    /// conditioning vectors `[B, cond_dim]` (MacridVAE-C).
     fn forward(
         &self,
         w: &Weights,
         x: &SparseBatch,
+        cond: Option<&[f32]>,
         noise: Option<Noise>,
         device: &Device,
     ) -> (Tensor<2>, Tensor<2>) {
@@ -507,8 +578,18 @@ impl MacridVae {
             }
         }
         let mut h = Tensor::cat(pre, 0);
+        // c_u repeated for every facet: rows `k * B + r` are user r's.
+        let crep = cond.map(|c| {
+            let ct = float_tensor(c.to_vec(), [b, c.len() / b.max(1)], device);
+            Tensor::cat(vec![ct; k], 0)
+        });
+        let last = w.ws.len() - 1;
         for l in 1..w.ws.len() {
-            h = linear(h.tanh(), &w.ws[l], &w.bs[l]);
+            let a = match &crep {
+                Some(c) if l == last => Tensor::cat(vec![h.tanh(), c.clone()], 1),
+                _ => h.tanh(),
+            };
+            h = linear(a, &w.ws[l], &w.bs[l]);
         }
         let mu = l2_normalise_rows(h.clone().narrow(1, 0, d));
         let neg_logvar = h.narrow(1, d, d);
@@ -522,6 +603,11 @@ impl MacridVae {
                 l2_normalise_rows(mu + sigma * float_tensor(eps, [k * b, d], device))
             }
             _ => mu,
+        };
+        // MacridVAE-C: z̃_k = normalise([z_k ; c_u]).
+        let z = match crep {
+            Some(c) => l2_normalise_rows(Tensor::cat(vec![z, c], 1)),
+            None => z,
         };
         // p_ui = Σ_k exp(cos(z_k, h_i) / τ) C_ik.
         let sims = z
@@ -538,12 +624,13 @@ impl MacridVae {
         &self,
         w: &Weights,
         x: &SparseBatch,
+        cond: Option<&[f32]>,
         noise: Noise,
         beta: f64,
         device: &Device,
     ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
         let b = x.n_rows;
-        let (logits, h) = self.forward(w, x, Some(noise), device);
+        let (logits, h) = self.forward(w, x, cond, Some(noise), device);
         let logp = log_softmax(logits, 1).reshape([b * self.n_items]);
         let picked = logp.select(0, int_tensor(x.flat_positions(self.n_items), device));
         let recon = picked.sum().neg().div_scalar(b as f64);
@@ -573,7 +660,9 @@ impl Recommender for MacridVae {
             .zip(out.chunks_mut(SCORE_CHUNK * self.n_items))
         {
             let x = SparseBatch::from_users(input, us);
-            let (probs, _) = self.forward_hand(&x, None);
+            // c_u from these input rows only: held-out items cannot reach the scores.
+            let cond = self.cond_vectors(input, us);
+            let (probs, _) = self.forward_hand(&x, cond.as_deref(), None);
             out.par_iter_mut()
                 .zip(&probs)
                 .for_each(|(o, p)| *o = p.ln());
@@ -600,7 +689,11 @@ impl Recommender for MacridVae {
         write_safetensors(
             &dir.join("model.safetensors"),
             &self.params.to_safetensors(""),
-        )
+        )?;
+        match &self.cond {
+            Some(c) => c.save(dir),
+            None => Ok(()),
+        }
     }
 }
 
@@ -624,6 +717,12 @@ impl Trainable for MacridVae {
             return Err(ModelError::format(
                 dir.join("config.toml"),
                 "the checkpoint's configuration or catalogue differs from this run's",
+            ));
+        }
+        if loaded.cond != self.cond {
+            return Err(ModelError::format(
+                dir.join(conditioning::CONDITIONING_FILE),
+                "the checkpoint's conditioning features differ from this run's",
             ));
         }
         self.params = loaded.params;
@@ -680,7 +779,7 @@ mod tests {
             let noise = m.draw_noise(&x, &mut rng);
             let device = cpu();
             let w = Weights::new(&m.params, &device);
-            let (_, recon, kl) = m.loss(&w, &x, noise, 0.0, &device);
+            let (_, recon, kl) = m.loss(&w, &x, None, noise, 0.0, &device);
             let expect = (3.0 + 2.0) / 3.0 * 6f64.ln();
             assert!((to_vec(recon)[0] as f64 - expect).abs() < 1e-4);
             assert!(to_vec(kl)[0] >= 0.0);
@@ -701,7 +800,7 @@ mod tests {
         let noise = m.draw_noise(&x, &mut rng);
         let device = cpu();
         let w = Weights::new(&m.params, &device);
-        let (_, _, kl) = m.loss(&w, &x, noise, 0.0, &device);
+        let (_, _, kl) = m.loss(&w, &x, None, noise, 0.0, &device);
         let expect = 2.0 * 3.0 * 0.5 * (2f64.ln() + 0.5 - 1.0);
         let kl = to_vec(kl)[0];
         assert!((kl as f64 - expect).abs() < 1e-5, "{}", kl);
@@ -729,62 +828,113 @@ mod tests {
         }
     }
 
+    /// Check `m`'s hand-written loss and gradients against burn's autodiff of the reference
+    /// graph on `tiny_matrix` (dropout, Gumbel noise, an empty user), and its scores against
+    /// the reference's logits.
+    fn check_backward_against_burn(m: &MacridVae) {
+        let train = tiny_matrix();
+        let batch = [3u32, 0, 4, 1, 2];
+        let x = SparseBatch::from_users(&train, &batch);
+        let cond = m.cond_vectors(&train, &batch);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let noise = m.draw_noise(&x, &mut rng);
+        let noise2 = Noise {
+            gumbel: noise.gumbel.clone(),
+            keep: noise.keep.clone(),
+            scale: noise.scale,
+            eps: noise.eps.clone(),
+        };
+        let beta = 0.4;
+        let (parts, grads) = m.loss_and_grads(&x, cond.as_deref(), &noise, beta);
+        let device = cpu().autodiff();
+        let w = Weights::new(&m.params, &device);
+        let (loss, recon, kl) = m.loss(&w, &x, cond.as_deref(), noise2, beta, &device);
+        assert!((parts.recon - to_vec(recon)[0] as f64).abs() < 1e-4);
+        assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-4);
+        assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
+        let want = w.grads(&loss.backward());
+        for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
+            let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
+            assert_eq!(g.len(), w.len(), "{}", p.name);
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
+                    "{}: {a} vs {b}",
+                    p.name
+                );
+            }
+            assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
+        }
+        // Scores: the hand-written logits against the reference's.
+        let users: Vec<u32> = (0..5).collect();
+        let mut out = vec![0f32; 5 * 6];
+        m.score_users(&users, &train, &mut out);
+        let device = cpu();
+        let w = Weights::new(&m.params, &device);
+        let xs = SparseBatch::from_users(&train, &users);
+        let cs = m.cond_vectors(&train, &users);
+        let (logits, _) = m.forward(&w, &xs, cs.as_deref(), None, &device);
+        for (a, b) in out.iter().zip(to_vec(logits)) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    fn backward_config(preset: MacridVaeConfig) -> MacridVaeConfig {
+        MacridVaeConfig {
+            n_facets: 3,
+            latent_dim: 4,
+            hidden_dims: vec![5, 6],
+            dropout: 0.3,
+            std0: 0.5,
+            bias_init_std: 0.3,
+            ..preset
+        }
+    }
+
     /// The hand-written loss and gradients against burn's autodiff of the reference graph,
     /// for both input modes (whole-row and per-facet normalisation, with dropout, Gumbel noise
     /// and an empty user), two hidden layers, and the scores against the reference's logits.
     #[test]
     fn hand_written_backward_matches_burn_autodiff() {
         for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
-            let cfg = MacridVaeConfig {
-                n_facets: 3,
-                latent_dim: 4,
-                hidden_dims: vec![5, 6],
-                dropout: 0.3,
-                std0: 0.5,
-                bias_init_std: 0.3,
-                ..preset
-            };
-            let m = MacridVae::new(cfg, 6).unwrap();
-            let train = tiny_matrix();
-            let x = SparseBatch::from_users(&train, &[3, 0, 4, 1, 2]);
-            let mut rng = ChaCha8Rng::seed_from_u64(9);
-            let noise = m.draw_noise(&x, &mut rng);
-            let noise2 = Noise {
-                gumbel: noise.gumbel.clone(),
-                keep: noise.keep.clone(),
-                scale: noise.scale,
-                eps: noise.eps.clone(),
-            };
-            let beta = 0.4;
-            let (parts, grads) = m.loss_and_grads(&x, &noise, beta);
-            let device = cpu().autodiff();
-            let w = Weights::new(&m.params, &device);
-            let (loss, recon, kl) = m.loss(&w, &x, noise2, beta, &device);
-            assert!((parts.recon - to_vec(recon)[0] as f64).abs() < 1e-4);
-            assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-4);
-            assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
-            let want = w.grads(&loss.backward());
-            for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
-                let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
-                assert_eq!(g.len(), w.len(), "{}", p.name);
-                for (a, b) in g.iter().zip(w) {
-                    assert!(
-                        (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
-                        "{}: {a} vs {b}",
-                        p.name
-                    );
-                }
-            }
-            // Scores: the hand-written logits against the reference's.
-            let users: Vec<u32> = (0..5).collect();
-            let mut out = vec![0f32; 5 * 6];
-            m.score_users(&users, &train, &mut out);
-            let device = cpu();
-            let w = Weights::new(&m.params, &device);
-            let xs = SparseBatch::from_users(&train, &users);
-            let (logits, _) = m.forward(&w, &xs, None, &device);
-            for (a, b) in out.iter().zip(to_vec(logits)) {
-                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            check_backward_against_burn(&MacridVae::new(backward_config(preset), 6).unwrap());
+        }
+    }
+
+    /// Features for `tiny_matrix`'s 6 items, `dim` wide; items 3, 4, 5 have none, so user 2
+    /// (items 3, 4, 5) and user 4 (no items) get `c_u = 0`.
+    fn tiny_conditioning(dim: usize) -> Conditioning {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let values = normals(&mut rng, 6 * dim, 1.0);
+        let present = (0..6).map(|i| i < 3).collect();
+        Conditioning::new(6, dim, values, present).unwrap()
+    }
+
+    fn conditioned(cfg: MacridVaeConfig, dim: usize) -> MacridVae {
+        let cfg = MacridVaeConfig {
+            conditioning: "tensor".into(),
+            cond_dim: dim,
+            ..cfg
+        };
+        MacridVae::with_conditioning(cfg, 6, Some(tiny_conditioning(dim))).unwrap()
+    }
+
+    /// MacridVAE-C: the same checks, with users whose `c_u` is zero next to users whose `c_u`
+    /// is not, both input modes, one and two hidden layers.
+    #[test]
+    fn conditioned_backward_matches_burn_autodiff() {
+        for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
+            for hidden in [vec![5, 6], vec![5]] {
+                let cfg = MacridVaeConfig {
+                    hidden_dims: hidden,
+                    ..backward_config(preset.clone())
+                };
+                let m = conditioned(cfg, 2);
+                assert_eq!(m.params.list[0].shape, vec![6, 6]);
+                assert_eq!(m.params.list[1].shape, vec![3, 6]);
+                let c = m.cond_vectors(&tiny_matrix(), &[2, 4, 0]).unwrap();
+                assert!(c[..4].iter().all(|&v| v == 0.0) && c[4..].iter().any(|&v| v != 0.0));
+                check_backward_against_burn(&m);
             }
         }
     }
@@ -833,7 +983,7 @@ mod tests {
             let noise = m.draw_noise(&x, &mut rng);
             let device = cpu().autodiff();
             let w = Weights::new(&m.params, &device);
-            let (loss, _, _) = m.loss(&w, &x, noise, 0.1, &device);
+            let (loss, _, _) = m.loss(&w, &x, None, noise, 0.1, &device);
             let g = w.grads(&loss.backward());
             assert_eq!(g.len(), m.params.list.len());
             for (p, g) in m.params.list.iter().zip(&g) {

@@ -52,6 +52,7 @@ use crate::common::{
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, sparse_linear, to_vec};
+use crate::conditioning::{self, Conditioning};
 use crate::kernels::{add_bias, col_sums, matmul, tanh_backward, tanh_inplace, Csr, Mat};
 
 /// MultiVAE's configuration (see the module documentation for the two presets).
@@ -85,6 +86,15 @@ pub struct MultiVaeConfig {
     pub bias_init_std: f64,
     /// Seed of the initial weights.
     pub init_seed: u64,
+    /// Conditioning (MODELS.md "Conditioning"): `"none"` (plain MultiVAE) or the fusion the
+    /// features come from, `"audio"`, `"lyrics"`, `"concat"`, `"tensor"` (MultiVAE-C, built
+    /// with [`MultiVae::with_conditioning`]). Default `"none"`.
+    #[serde(default = "conditioning::default_kind")]
+    pub conditioning: String,
+    /// Dimensions of the fused features `dim(c_u)`, >= 1 (the CLI fuses to this size); only
+    /// used when conditioned. Default 128 (SPEC §3).
+    #[serde(default = "conditioning::default_dim")]
+    pub cond_dim: usize,
 }
 
 impl MultiVaeConfig {
@@ -103,6 +113,8 @@ impl MultiVaeConfig {
             init: Init::XavierUniform,
             bias_init_std: 0.001,
             init_seed: 2020,
+            conditioning: conditioning::default_kind(),
+            cond_dim: conditioning::default_dim(),
         }
     }
 
@@ -151,7 +163,8 @@ impl ModelConfig for MultiVaeConfig {
         check_range("anneal_cap", self.anneal_cap, 0.0, 1e6)?;
         check_lr(self.lr)?;
         check_range("batch_size", self.batch_size, 1, 1 << 24)?;
-        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)
+        check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)?;
+        conditioning::check_config(&self.conditioning, self.cond_dim)
     }
 
     fn trainer_defaults(&self) -> TrainerConfig {
@@ -196,6 +209,8 @@ pub struct MultiVae {
     params: Params,
     adam: Adam,
     updates: u64,
+    /// The item features `c_u` is computed from (MultiVAE-C); `None` for `conditioning = none`.
+    cond: Option<Conditioning>,
 }
 
 /// The layer tensors of one forward pass on burn: the reference implementation the
@@ -259,10 +274,51 @@ impl MultiVae {
         self.params.list.len() / 2
     }
 
+    /// Conditioning rows of layer `l`: `cond_dim` for the last encoder layer and the first
+    /// decoder layer of MultiVAE-C (their input is `[h ; c_u]`, `[z ; c_u]`), else 0. Those
+    /// rows come last in the layer's `[d_input, d_output]` weight, so the product is
+    /// `h W[..ih] + c_u W[ih..]`: two matrix products into one output, no concatenated copy.
+    fn cond_rows(&self, l: usize) -> usize {
+        let ne = self.n_encoder_layers();
+        match &self.cond {
+            Some(c) if l == ne - 1 || l == ne => c.dim(),
+            _ => 0,
+        }
+    }
+
+    /// `y = a W_l[..ih] + c W_l[ih..] + b_l` for dense layer `l` (`a` `[B, ih]`, `c` the batch's
+    /// conditioning vectors `[B, cond_dim]` where [`MultiVae::cond_rows`] is non-zero).
+    fn dense_forward(&self, l: usize, a: &[f32], cond: Option<&[f32]>, b: usize) -> Vec<f32> {
+        let p = &self.params.list;
+        let (i, o) = self.shape(l);
+        let cr = self.cond_rows(l);
+        let ih = i - cr;
+        let w = &p[2 * l].data;
+        let mut y = vec![0f32; b * o];
+        matmul(
+            &mut y,
+            Mat::new(a, b, ih),
+            Mat::new(&w[..ih * o], ih, o),
+            false,
+        );
+        if cr > 0 {
+            let c = cond.expect("a conditioned model scores with conditioning vectors");
+            matmul(
+                &mut y,
+                Mat::new(c, b, cr),
+                Mat::new(&w[ih * o..], cr, o),
+                true,
+            );
+        }
+        add_bias(&mut y, &p[2 * l + 1].data);
+        y
+    }
+
     /// The forward pass on a (normalised, possibly dropped-out) sparse batch: the item logits
-    /// `[B, I]` and the trace. `eps` (`[B, d]`, already scaled by `noise_std`) gives
-    /// `z = μ + σ ⊙ ε`; `None` gives `z = μ` (scoring).
-    fn forward(&self, input: &Csr, eps: Option<&[f32]>) -> (Vec<f32>, Trace) {
+    /// `[B, I]` and the trace. `cond` holds the batch's conditioning vectors `[B, cond_dim]`
+    /// (MultiVAE-C; `None` for the plain model). `eps` (`[B, d]`, already scaled by
+    /// `noise_std`) gives `z = μ + σ ⊙ ε`; `None` gives `z = μ` (scoring).
+    fn forward(&self, input: &Csr, cond: Option<&[f32]>, eps: Option<&[f32]>) -> (Vec<f32>, Trace) {
         let p = &self.params.list;
         let (nl, ne, b, d) = (
             self.n_layers(),
@@ -274,15 +330,7 @@ impl MultiVae {
         let mut h = input.times_dense(&p[0].data, &p[1].data);
         for (l, slot) in inputs.iter_mut().enumerate().take(ne).skip(1) {
             tanh_inplace(&mut h);
-            let (i, o) = self.shape(l);
-            let mut y = vec![0f32; b * o];
-            matmul(
-                &mut y,
-                Mat::new(&h, b, i),
-                Mat::new(&p[2 * l].data, i, o),
-                false,
-            );
-            add_bias(&mut y, &p[2 * l + 1].data);
+            let y = self.dense_forward(l, &h, cond, b);
             *slot = std::mem::replace(&mut h, y);
         }
         let enc_out = h;
@@ -308,15 +356,7 @@ impl MultiVae {
         }
         let mut g = z;
         for (l, slot) in inputs.iter_mut().enumerate().skip(ne) {
-            let (i, o) = self.shape(l);
-            let mut y = vec![0f32; b * o];
-            matmul(
-                &mut y,
-                Mat::new(&g, b, i),
-                Mat::new(&p[2 * l].data, i, o),
-                false,
-            );
-            add_bias(&mut y, &p[2 * l + 1].data);
+            let mut y = self.dense_forward(l, &g, cond, b);
             if l != nl - 1 {
                 tanh_inplace(&mut y);
             }
@@ -342,6 +382,7 @@ impl MultiVae {
         &self,
         x: &Csr,
         input: &Csr,
+        cond: Option<&[f32]>,
         eps: &[f32],
         beta: f64,
     ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
@@ -353,7 +394,7 @@ impl MultiVae {
             self.config.latent_dim,
             self.n_items,
         );
-        let (mut dy, trace) = self.forward(input, Some(eps));
+        let (mut dy, trace) = self.forward(input, cond, Some(eps));
         let inv_b = 1.0 / b.max(1) as f32;
         // Fused log-softmax, multinomial loss and its gradient, row by row.
         let recon_rows: Vec<f64> = dy
@@ -398,18 +439,36 @@ impl MultiVae {
         kl /= b.max(1) as f64;
 
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; 2 * nl];
+        // Layer `l`'s weight rows split as [activation rows ih ; conditioning rows cr]; the
+        // conditioning is data, so only its weight rows get a gradient (`cᵀ dY`).
         let dense_backward = |l: usize, dy: &[f32], grads: &mut Vec<Option<Vec<f32>>>| {
             let (i, o) = self.shape(l);
+            let cr = self.cond_rows(l);
+            let ih = i - cr;
             let a = &trace.inputs[l];
             let mut dw = vec![0f32; i * o];
-            matmul(&mut dw, Mat::new(a, b, i).t(), Mat::new(dy, b, o), false);
+            matmul(
+                &mut dw[..ih * o],
+                Mat::new(a, b, ih).t(),
+                Mat::new(dy, b, o),
+                false,
+            );
+            if cr > 0 {
+                let c = cond.expect("conditioning vectors of a conditioned model");
+                matmul(
+                    &mut dw[ih * o..],
+                    Mat::new(c, b, cr).t(),
+                    Mat::new(dy, b, o),
+                    false,
+                );
+            }
             grads[2 * l] = Some(dw);
             grads[2 * l + 1] = Some(col_sums(dy, o));
-            let mut da = vec![0f32; b * i];
+            let mut da = vec![0f32; b * ih];
             matmul(
                 &mut da,
                 Mat::new(dy, b, o),
-                Mat::new(&p[2 * l].data, i, o).t(),
+                Mat::new(&p[2 * l].data[..ih * o], ih, o).t(),
                 false,
             );
             da
@@ -453,13 +512,36 @@ impl MultiVae {
         (loss, grads)
     }
 
-    /// A freshly initialised model for a catalogue of `n_items` (weights drawn from
-    /// `config.init_seed`). The configuration must have passed [`ModelConfig::check`].
+    /// A freshly initialised plain MultiVAE (`conditioning = "none"`) for a catalogue of
+    /// `n_items` (weights drawn from `config.init_seed`). The configuration must pass
+    /// [`ModelConfig::check`]; a conditioned configuration needs
+    /// [`MultiVae::with_conditioning`].
     pub fn new(config: MultiVaeConfig, n_items: usize) -> Result<Self, ModelError> {
+        Self::with_conditioning(config, n_items, None)
+    }
+
+    /// A freshly initialised MultiVAE, conditioned (MultiVAE-C) when `config.conditioning` is
+    /// not `"none"`: then `cond` must hold the catalogue's fused item features of
+    /// `config.cond_dim` dimensions, and the last encoder layer takes `[h ; c_u]` and the
+    /// first decoder layer `[z ; c_u]` (their weights gain `cond_dim` rows, appended after the
+    /// usual ones; parameter names unchanged). Errors (naming the config key) when `cond` is
+    /// missing for a conditioned kind, given for `"none"`, or of the wrong width or catalogue.
+    pub fn with_conditioning(
+        config: MultiVaeConfig,
+        n_items: usize,
+        cond: Option<Conditioning>,
+    ) -> Result<Self, ModelError> {
         config.check()?;
         if n_items == 0 {
             return Err(ModelError::Input("the catalogue is empty".into()));
         }
+        conditioning::check_for_model(
+            &config.conditioning,
+            config.cond_dim,
+            n_items,
+            cond.as_ref(),
+        )?;
+        let cd = conditioning::width(&config.conditioning, config.cond_dim);
         let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
         let d = config.latent_dim;
         let mut enc = vec![n_items];
@@ -471,7 +553,13 @@ impl MultiVae {
         let mut params = Params::default();
         for (part, dims) in [("encoder", &enc), ("decoder", &dec)] {
             for l in 0..dims.len() - 1 {
-                let (i, o) = (dims[l], dims[l + 1]);
+                // The conditioned inputs: the last encoder layer and the first decoder layer.
+                let extra = match part {
+                    "encoder" if l == dims.len() - 2 => cd,
+                    "decoder" if l == 0 => cd,
+                    _ => 0,
+                };
+                let (i, o) = (dims[l] + extra, dims[l + 1]);
                 params.push(
                     &format!("{part}.{l}.weight"),
                     vec![i, o],
@@ -491,21 +579,39 @@ impl MultiVae {
             params,
             adam,
             updates: 0,
+            cond,
         })
     }
 
-    /// Load a model saved by [`Recommender::save`] (weights and configuration; no optimiser
-    /// state: use [`Trainable::load_state`] to resume training).
+    /// Load a model saved by [`Recommender::save`] (weights, configuration and, for
+    /// MultiVAE-C, `conditioning.safetensors`; no optimiser state: use
+    /// [`Trainable::load_state`] to resume training).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let (n_items, table) = read_meta(dir, MultiVaeConfig::MODEL)?;
         let config = encore_models::config::resolve_table::<MultiVaeConfig>(table)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
             .model;
-        let mut model = MultiVae::new(config, n_items)?;
+        let cond = if config.conditioning == "none" {
+            None
+        } else {
+            Some(Conditioning::load(dir)?)
+        };
+        let mut model = MultiVae::with_conditioning(config, n_items, cond)
+            .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
         let tensors = read_safetensors(&path)?;
         model.params.fill_from(&tensors, "", &path)?;
         Ok(model)
+    }
+
+    /// The conditioning features (MultiVAE-C), if any.
+    pub fn conditioning(&self) -> Option<&Conditioning> {
+        self.cond.as_ref()
+    }
+
+    /// The conditioning vectors of `users`' rows of `m` (`None` for the plain model).
+    fn cond_vectors(&self, m: &InteractionMatrix, users: &[u32]) -> Option<Vec<f32>> {
+        self.cond.as_ref().map(|c| c.user_vectors(m, users))
     }
 
     /// The configuration.
@@ -541,7 +647,10 @@ impl MultiVae {
             self.config.anneal_cap,
             self.config.total_anneal_steps,
         );
-        let (parts, grads) = self.loss_and_grads(&x.to_csr(), &input.to_csr(), &eps, beta);
+        // c_u from the user's training row (the model input), not the dropped-out copy.
+        let cond = self.cond_vectors(train, users);
+        let (parts, grads) =
+            self.loss_and_grads(&x.to_csr(), &input.to_csr(), cond.as_deref(), &eps, beta);
         self.adam.step(&mut self.params, &grads);
         self.updates += 1;
         parts
@@ -551,8 +660,15 @@ impl MultiVae {
 /// The burn reference of the forward pass and loss (tests only).
 #[cfg(test)]
 impl MultiVae {
-    /// Encoder: `(μ, log σ²)` from a (normalised, possibly dropped-out) sparse batch.
-    fn encode(&self, layers: &Layers, x: &SparseBatch, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    /// Encoder: `(μ, log σ²)` from a (normalised, possibly dropped-out) sparse batch; with
+    /// conditioning `c` (`[B, cond_dim]`) the last layer's input is `[h ; c]`.
+    fn encode(
+        &self,
+        layers: &Layers,
+        x: &SparseBatch,
+        c: Option<&Tensor<2>>,
+        device: &Device,
+    ) -> (Tensor<2>, Tensor<2>) {
         let nnz = x.nnz();
         let mut h = sparse_linear(
             &layers.ws[0],
@@ -562,18 +678,26 @@ impl MultiVae {
             float_tensor(x.values.clone(), [nnz, 1], device),
             x.n_rows,
         );
-        for l in 1..self.n_encoder_layers() {
-            h = linear(h.tanh(), &layers.ws[l], &layers.bs[l]);
+        let ne = self.n_encoder_layers();
+        for l in 1..ne {
+            let a = match c {
+                Some(c) if l == ne - 1 => Tensor::cat(vec![h.tanh(), c.clone()], 1),
+                _ => h.tanh(),
+            };
+            h = linear(a, &layers.ws[l], &layers.bs[l]);
         }
         let d = self.config.latent_dim;
         (h.clone().narrow(1, 0, d), h.narrow(1, d, d))
     }
 
-    /// Decoder: item logits from latents.
-    fn decode(&self, layers: &Layers, z: Tensor<2>) -> Tensor<2> {
+    /// Decoder: item logits from latents (the first layer takes `[z ; c]` when conditioned).
+    fn decode(&self, layers: &Layers, z: Tensor<2>, c: Option<&Tensor<2>>) -> Tensor<2> {
         let first = self.n_encoder_layers();
         let last = layers.ws.len() - 1;
-        let mut g = z;
+        let mut g = match c {
+            Some(c) => Tensor::cat(vec![z, c.clone()], 1),
+            None => z,
+        };
         for l in first..=last {
             g = linear(g, &layers.ws[l], &layers.bs[l]);
             if l != last {
@@ -584,22 +708,26 @@ impl MultiVae {
     }
 
     /// The loss of one batch on `device` (autodiff or not) with the given noise; returns the
-    /// loss tensor and its parts. `x` is the raw binary batch, `input` the encoder's input.
+    /// loss tensor and its parts. `x` is the raw binary batch, `input` the encoder's input,
+    /// `cond` the batch's conditioning vectors (`[B, cond_dim]`, MultiVAE-C).
+    #[allow(clippy::too_many_arguments)]
     fn loss(
         &self,
         layers: &Layers,
         x: &SparseBatch,
         input: &SparseBatch,
+        cond: Option<&[f32]>,
         eps: Vec<f32>,
         beta: f64,
         device: &Device,
     ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
         let b = x.n_rows;
         let d = self.config.latent_dim;
-        let (mu, logvar) = self.encode(layers, input, device);
+        let c = cond.map(|c| float_tensor(c.to_vec(), [b, c.len() / b.max(1)], device));
+        let (mu, logvar) = self.encode(layers, input, c.as_ref(), device);
         let eps = float_tensor(eps, [b, d], device);
         let z = mu.clone() + logvar.clone().mul_scalar(0.5).exp() * eps;
-        let logits = self.decode(layers, z);
+        let logits = self.decode(layers, z, c.as_ref());
         let logp = log_softmax(logits, 1).reshape([b * self.n_items]);
         let picked = logp.select(0, int_tensor(x.flat_positions(self.n_items), device));
         let recon = picked.sum().neg().div_scalar(b as f64);
@@ -628,7 +756,9 @@ impl Recommender for MultiVae {
             .zip(out.chunks_mut(SCORE_CHUNK * self.n_items))
         {
             let x = SparseBatch::from_users(input, chunk).l2_normalised();
-            out.copy_from_slice(&self.forward(&x.to_csr(), None).0);
+            // c_u from these input rows only: held-out items cannot reach the scores.
+            let cond = self.cond_vectors(input, chunk);
+            out.copy_from_slice(&self.forward(&x.to_csr(), cond.as_deref(), None).0);
         }
     }
 
@@ -652,7 +782,11 @@ impl Recommender for MultiVae {
         write_safetensors(
             &dir.join("model.safetensors"),
             &self.params.to_safetensors(""),
-        )
+        )?;
+        match &self.cond {
+            Some(c) => c.save(dir),
+            None => Ok(()),
+        }
     }
 }
 
@@ -688,6 +822,12 @@ impl Trainable for MultiVae {
             return Err(ModelError::format(
                 dir.join("config.toml"),
                 "the checkpoint's configuration or catalogue differs from this run's",
+            ));
+        }
+        if loaded.cond != self.cond {
+            return Err(ModelError::format(
+                dir.join(conditioning::CONDITIONING_FILE),
+                "the checkpoint's conditioning features differ from this run's",
             ));
         }
         self.params = loaded.params;
@@ -736,7 +876,7 @@ mod tests {
         let input = x.l2_normalised();
         let device = cpu();
         let layers = Layers::new(&m.params, &device);
-        let (loss, recon, kl) = m.loss(&layers, &x, &input, vec![0.3; 6], 0.2, &device);
+        let (loss, recon, kl) = m.loss(&layers, &x, &input, None, vec![0.3; 6], 0.2, &device);
         let expect = (3.0 + 2.0) / 2.0 * (7f64).ln();
         assert!((to_vec(recon)[0] as f64 - expect).abs() < 1e-5);
         assert!(to_vec(kl)[0].abs() < 1e-7);
@@ -763,34 +903,36 @@ mod tests {
         let x = SparseBatch::from_users(&train, &[0]);
         let device = cpu();
         let layers = Layers::new(&m.params, &device);
-        let (_, _, kl) = m.loss(&layers, &x, &x.l2_normalised(), vec![0.0], 0.0, &device);
+        let (_, _, kl) = m.loss(
+            &layers,
+            &x,
+            &x.l2_normalised(),
+            None,
+            vec![0.0],
+            0.0,
+            &device,
+        );
         let expect = 1.0 - 2f64.ln() / 2.0;
         assert!((to_vec(kl)[0] as f64 - expect).abs() < 1e-6);
     }
 
-    /// The hand-written loss and gradients against burn's autodiff of the reference graph, on
-    /// a model with two hidden layers (every kind of layer is crossed), an empty user,
-    /// dropped-out input, noise and a non-zero KL weight.
-    #[test]
-    fn hand_written_backward_matches_burn_autodiff() {
-        let cfg = MultiVaeConfig {
-            hidden_dims: vec![5, 4],
-            latent_dim: 3,
-            bias_init_std: 0.3,
-            ..MultiVaeConfig::original()
-        };
-        let m = MultiVae::new(cfg, 7).unwrap();
+    /// Check the hand-written loss and gradients of `m` against burn's autodiff of the
+    /// reference graph on `tiny_matrix` (dropped-out input, noise, a non-zero KL weight).
+    fn check_backward_against_burn(m: &MultiVae) {
         let train = tiny_matrix();
         let users = [4u32, 0, 5, 1, 2, 3];
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let x = SparseBatch::from_users(&train, &users);
         let input = x.l2_normalised().dropout(0.3, &mut rng);
-        let eps = normals(&mut rng, users.len() * 3, 0.7);
+        let d = m.config.latent_dim;
+        let eps = normals(&mut rng, users.len() * d, 0.7);
         let beta = 0.37;
-        let (parts, grads) = m.loss_and_grads(&x.to_csr(), &input.to_csr(), &eps, beta);
+        let cond = m.cond_vectors(&train, &users);
+        let (parts, grads) =
+            m.loss_and_grads(&x.to_csr(), &input.to_csr(), cond.as_deref(), &eps, beta);
         let device = cpu().autodiff();
         let layers = Layers::new(&m.params, &device);
-        let (loss, recon, kl) = m.loss(&layers, &x, &input, eps, beta, &device);
+        let (loss, recon, kl) = m.loss(&layers, &x, &input, cond.as_deref(), eps, beta, &device);
         assert!((parts.recon - to_vec(recon)[0] as f64).abs() < 1e-4);
         assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-5);
         assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
@@ -807,6 +949,57 @@ mod tests {
                 );
             }
             assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
+        }
+    }
+
+    /// The hand-written loss and gradients against burn's autodiff of the reference graph, on
+    /// a model with two hidden layers (every kind of layer is crossed), an empty user,
+    /// dropped-out input, noise and a non-zero KL weight.
+    #[test]
+    fn hand_written_backward_matches_burn_autodiff() {
+        let cfg = MultiVaeConfig {
+            hidden_dims: vec![5, 4],
+            latent_dim: 3,
+            bias_init_std: 0.3,
+            ..MultiVaeConfig::original()
+        };
+        check_backward_against_burn(&MultiVae::new(cfg, 7).unwrap());
+    }
+
+    /// Features for `tiny_matrix`'s 7 items, `dim` wide; items 4, 5, 6 have none, so user 2
+    /// (items 4, 5, 6) and user 5 (no items) get `c_u = 0`.
+    fn tiny_conditioning(dim: usize) -> Conditioning {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let values = normals(&mut rng, 7 * dim, 1.0);
+        let present = (0..7).map(|i| i < 4).collect();
+        Conditioning::new(7, dim, values, present).unwrap()
+    }
+
+    fn tiny_conditioned(cfg: MultiVaeConfig, dim: usize) -> MultiVae {
+        let cfg = MultiVaeConfig {
+            conditioning: "concat".into(),
+            cond_dim: dim,
+            ..cfg
+        };
+        MultiVae::with_conditioning(cfg, 7, Some(tiny_conditioning(dim))).unwrap()
+    }
+
+    /// MultiVAE-C: the same check, with users whose `c_u` is zero (no featured items) next to
+    /// users whose `c_u` is not; one and two hidden layers (with one, the last encoder layer
+    /// is also the first dense one).
+    #[test]
+    fn conditioned_backward_matches_burn_autodiff() {
+        for hidden in [vec![5, 4], vec![5]] {
+            let cfg = MultiVaeConfig {
+                hidden_dims: hidden,
+                latent_dim: 3,
+                bias_init_std: 0.3,
+                ..MultiVaeConfig::original()
+            };
+            let m = tiny_conditioned(cfg, 2);
+            let c = m.cond_vectors(&tiny_matrix(), &[2, 5, 0]).unwrap();
+            assert!(c[..4].iter().all(|&v| v == 0.0) && c[4..].iter().any(|&v| v != 0.0));
+            check_backward_against_burn(&m);
         }
     }
 

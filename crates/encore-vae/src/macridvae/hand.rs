@@ -65,6 +65,10 @@ pub(super) struct Trace {
     sigma: Vec<f32>,
     z: Vec<f32>,
     z_norms: Vec<f32>,
+    /// MacridVAE-C: `z̃ = normalise([z ; c_u])` `[K * B, d + c]` and its pre-normalisation
+    /// norms (empty for the plain model, whose decoder uses `z`).
+    zt: Vec<f32>,
+    zt_norms: Vec<f32>,
     /// `Q_k` for every facet, `[K, B, I]`.
     q: Vec<f32>,
 }
@@ -76,8 +80,15 @@ impl MacridVae {
     }
 
     /// The forward pass on raw batch `x`: `p` `[B, I]` (logits are `ln p`) and the trace.
-    /// `noise = None` scores: softmax assignments, no dropout, `z = μ`.
-    pub(super) fn forward_hand(&self, x: &SparseBatch, noise: Option<&Noise>) -> (Vec<f32>, Trace) {
+    /// `noise = None` scores: softmax assignments, no dropout, `z = μ`. `cond`: the batch's
+    /// conditioning vectors `[B, c]` (MacridVAE-C; item embeddings and prototypes are then
+    /// `d + c` wide).
+    pub(super) fn forward_hand(
+        &self,
+        x: &SparseBatch,
+        cond: Option<&[f32]>,
+        noise: Option<&Noise>,
+    ) -> (Vec<f32>, Trace) {
         let p = &self.params.list;
         let (k, d, b, n, tau) = (
             self.config.n_facets,
@@ -86,17 +97,19 @@ impl MacridVae {
             self.n_items,
             self.config.tau as f32,
         );
+        let cd = self.cd();
+        let de = d + cd;
         let training = noise.is_some();
         let mut items_n = p[0].data.clone();
-        let item_norms = normalise_rows(&mut items_n, d);
+        let item_norms = normalise_rows(&mut items_n, de);
         let mut cores_n = p[1].data.clone();
-        let core_norms = normalise_rows(&mut cores_n, d);
+        let core_norms = normalise_rows(&mut cores_n, de);
         // Assignments C = softmax(Ĥ M̂ᵀ / τ (+ Gumbel)).
         let mut c = vec![0f32; n * k];
         matmul(
             &mut c,
-            Mat::new(&items_n, n, d),
-            Mat::new(&cores_n, k, d).t(),
+            Mat::new(&items_n, n, de),
+            Mat::new(&cores_n, k, de).t(),
             false,
         );
         let gumbel = noise.and_then(|nz| nz.gumbel.as_deref());
@@ -191,13 +204,32 @@ impl MacridVae {
         for (l, slot) in inputs.iter_mut().enumerate().skip(1) {
             tanh_inplace(&mut h);
             let (i, o) = self.enc_shape(l);
+            // The last layer of MacridVAE-C takes [h_k ; c_u]: its weight's last `cd` rows
+            // multiply c_u, the same for every facet, so that product is made once per user
+            // and added to each facet's rows.
+            let cr = if l == n_enc - 1 { cd } else { 0 };
+            let ih = i - cr;
+            let w = &p[2 + 2 * l].data;
             let mut y = vec![0f32; k * b * o];
             matmul(
                 &mut y,
-                Mat::new(&h, k * b, i),
-                Mat::new(&p[2 + 2 * l].data, i, o),
+                Mat::new(&h, k * b, ih),
+                Mat::new(&w[..ih * o], ih, o),
                 false,
             );
+            if cr > 0 {
+                let cv = cond.expect("a conditioned model runs with conditioning vectors");
+                let mut yc = vec![0f32; b * o];
+                matmul(
+                    &mut yc,
+                    Mat::new(cv, b, cr),
+                    Mat::new(&w[ih * o..], cr, o),
+                    false,
+                );
+                y.par_chunks_mut(b * o).for_each(|yf| {
+                    yf.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
+                });
+            }
             add_bias(&mut y, &p[3 + 2 * l].data);
             *slot = std::mem::replace(&mut h, y);
         }
@@ -219,6 +251,18 @@ impl MacridVae {
             }
             z_norms = normalise_rows(&mut z, d);
         }
+        // MacridVAE-C: z̃_k = normalise([z_k ; c_u]), the decoder's latent.
+        let (mut zt, mut zt_norms) = (Vec::new(), Vec::new());
+        if cd > 0 {
+            let cv = cond.expect("a conditioned model runs with conditioning vectors");
+            zt = vec![0f32; k * b * de];
+            for (r, row) in zt.chunks_exact_mut(de).enumerate() {
+                row[..d].copy_from_slice(&z[r * d..][..d]);
+                row[d..].copy_from_slice(&cv[(r % b) * cd..][..cd]);
+            }
+            zt_norms = normalise_rows(&mut zt, de);
+        }
+        let dec_z: &[f32] = if cd > 0 { &zt } else { &z };
 
         // Decoder, one facet at a time: p += exp(z_k Ĥᵀ / τ) ⊙ C_{·k}.
         let ct: Vec<f32> = (0..k)
@@ -236,8 +280,8 @@ impl MacridVae {
             };
             matmul(
                 qk,
-                Mat::new(&z[f * b * d..][..b * d], b, d),
-                Mat::new(&items_n, n, d).t(),
+                Mat::new(&dec_z[f * b * de..][..b * de], b, de),
+                Mat::new(&items_n, n, de).t(),
                 false,
             );
             let cf = &ct[f * n..][..n];
@@ -277,6 +321,8 @@ impl MacridVae {
                 sigma,
                 z,
                 z_norms,
+                zt,
+                zt_norms,
                 q,
             },
         )
@@ -287,6 +333,7 @@ impl MacridVae {
     pub(super) fn loss_and_grads(
         &self,
         x: &SparseBatch,
+        cond: Option<&[f32]>,
         noise: &Noise,
         beta: f64,
     ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
@@ -299,8 +346,10 @@ impl MacridVae {
             self.config.tau as f32,
         );
         let kb = k * b;
+        let cd = self.cd();
+        let de = d + cd;
         let inv_tau = 1.0 / tau;
-        let (mut probs, mut t) = self.forward_hand(x, Some(noise));
+        let (mut probs, mut t) = self.forward_hand(x, cond, Some(noise));
         let xc = x.to_csr();
         let inv_b = 1.0 / b.max(1) as f32;
         // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
@@ -342,8 +391,10 @@ impl MacridVae {
 
         // Decoder backward, per facet.
         let mut dc = vec![0f32; n * k];
-        let mut dz = vec![0f32; kb * d];
-        let mut d_items_n = vec![0f32; n * d];
+        // The decoder's latent is z (plain) or z̃ (conditioned), `de` wide.
+        let mut dz = vec![0f32; kb * de];
+        let mut d_items_n = vec![0f32; n * de];
+        let dec_z: &[f32] = if cd > 0 { &t.zt } else { &t.z };
         for f in 0..k {
             let qk = &mut t.q[f * b * n..][..b * n];
             // dC_ik += Σ_r dp_ri Q_kri, in fixed row blocks.
@@ -380,17 +431,25 @@ impl MacridVae {
                 });
             let qk = &t.q[f * b * n..][..b * n];
             matmul(
-                &mut dz[f * b * d..][..b * d],
+                &mut dz[f * b * de..][..b * de],
                 Mat::new(qk, b, n),
-                Mat::new(&t.items_n, n, d),
+                Mat::new(&t.items_n, n, de),
                 false,
             );
             matmul(
                 &mut d_items_n,
                 Mat::new(qk, b, n).t(),
-                Mat::new(&t.z[f * b * d..][..b * d], b, d),
+                Mat::new(&dec_z[f * b * de..][..b * de], b, de),
                 true,
             );
+        }
+        if cd > 0 {
+            // z̃ = normalise([z ; c_u]); c_u is data, so only the z columns carry on.
+            normalise_rows_backward(&mut dz, &t.zt, &t.zt_norms, de);
+            dz = dz
+                .chunks_exact(de)
+                .flat_map(|row| row[..d].iter().copied())
+                .collect();
         }
         // z = normalise(μ + σ ⊙ ε); μ = normalise(μ_raw); σ = exp(−h/2) std0.
         normalise_rows_backward(&mut dz, &t.z, &t.z_norms, d);
@@ -413,16 +472,39 @@ impl MacridVae {
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; p.len()];
         for l in (1..n_enc).rev() {
             let (i, o) = self.enc_shape(l);
+            let cr = if l == n_enc - 1 { cd } else { 0 };
+            let ih = i - cr;
             let a = &t.inputs[l];
             let mut dw = vec![0f32; i * o];
-            matmul(&mut dw, Mat::new(a, kb, i).t(), Mat::new(&dy, kb, o), false);
+            matmul(
+                &mut dw[..ih * o],
+                Mat::new(a, kb, ih).t(),
+                Mat::new(&dy, kb, o),
+                false,
+            );
+            if cr > 0 {
+                // The c_u rows: Σ_k c_uᵀ dY_k = c_uᵀ (Σ_k dY_k), facets summed in order.
+                let cv = cond.expect("conditioning vectors of a conditioned model");
+                let mut dsum = dy[..b * o].to_vec();
+                for f in 1..k {
+                    dsum.iter_mut()
+                        .zip(&dy[f * b * o..][..b * o])
+                        .for_each(|(s, g)| *s += g);
+                }
+                matmul(
+                    &mut dw[ih * o..],
+                    Mat::new(cv, b, cr).t(),
+                    Mat::new(&dsum, b, o),
+                    false,
+                );
+            }
             grads[2 + 2 * l] = Some(dw);
             grads[3 + 2 * l] = Some(col_sums(&dy, o));
-            let mut da = vec![0f32; kb * i];
+            let mut da = vec![0f32; kb * ih];
             matmul(
                 &mut da,
                 Mat::new(&dy, kb, o),
-                Mat::new(&p[2 + 2 * l].data, i, o).t(),
+                Mat::new(&p[2 + 2 * l].data[..ih * o], ih, o).t(),
                 false,
             );
             tanh_backward(&mut da, a);
@@ -472,18 +554,18 @@ impl MacridVae {
         matmul(
             &mut d_items_n,
             Mat::new(&da, n, k),
-            Mat::new(&t.cores_n, k, d),
+            Mat::new(&t.cores_n, k, de),
             true,
         );
-        let mut d_cores_n = vec![0f32; k * d];
+        let mut d_cores_n = vec![0f32; k * de];
         matmul(
             &mut d_cores_n,
             Mat::new(&da, n, k).t(),
-            Mat::new(&t.items_n, n, d),
+            Mat::new(&t.items_n, n, de),
             false,
         );
-        normalise_rows_backward(&mut d_items_n, &t.items_n, &t.item_norms, d);
-        normalise_rows_backward(&mut d_cores_n, &t.cores_n, &t.core_norms, d);
+        normalise_rows_backward(&mut d_items_n, &t.items_n, &t.item_norms, de);
+        normalise_rows_backward(&mut d_cores_n, &t.cores_n, &t.core_norms, de);
         grads[0] = Some(d_items_n);
         grads[1] = Some(d_cores_n);
         let loss = StepLoss {
