@@ -1,5 +1,6 @@
 //! `encore demo`: the main job on a fresh machine. Generates the synthetic `small` music world,
-//! imports it, splits it, trains every model that exists, prints a results table, and leaves
+//! imports it, splits it, trains every model that exists (and the
+//! tensor-conditioned MultiVAE-C and MacridVAE-C), prints a results table, and leaves
 //! everything in one directory.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use clap::Args;
 use encore_data::synth::Preset;
 
 use crate::data::{self, FormatName, ImportArgs};
+use crate::features::FeatureSources;
 use crate::train::{self, table, TrainArgs};
 use crate::{models, run};
 
@@ -78,22 +80,40 @@ pub fn run(args: DemoArgs) -> Result<()> {
     );
     let ks = vec![5, 10, 20];
     let mut results = Vec::new();
-    for &model in models::MODELS {
+    // Every model, then the conditioned MultiVAE and MacridVAE (tensor fusion of the world's
+    // audio descriptors and its 768-d lyrics-embedding stand-in; SPEC §3).
+    let mut entries: Vec<(String, &str, FeatureSources)> = models::MODELS
+        .iter()
+        .map(|&m| (m.to_string(), m, FeatureSources::default()))
+        .collect();
+    let world_features = FeatureSources {
+        audio: Some(world.join("id_ivec512.tsv")),
+        lyrics: Some(world.join("id_lyrics_bert.tsv")),
+    };
+    for model in ["multivae", "macridvae"] {
+        entries.push((format!("{model}-c"), model, world_features.clone()));
+    }
+    for (label, model, features) in entries {
         let t = std::time::Instant::now();
+        let mut sets = demo_sets(model);
+        if features.audio.is_some() {
+            sets.push("conditioning=\"tensor\"".into());
+        }
         let r = train::train(&TrainArgs {
             model: model.to_string(),
             config: None,
-            sets: demo_sets(model),
+            sets,
             resume: false,
             data: Some(prepared.clone()),
             split: Some("ratio".into()),
             split_dir: None,
             seed: Some(args.seed),
             k: ks.clone(),
-            out: Some(args.out.join("runs").join(model)),
+            out: Some(args.out.join("runs").join(&label)),
+            features,
         })?;
-        println!("  {model:<10} done in {:.1} s", t.elapsed().as_secs_f64());
-        results.push((model.to_string(), r));
+        println!("  {label:<12} done in {:.1} s", t.elapsed().as_secs_f64());
+        results.push((label, r));
     }
     let rows: Vec<(String, &encore_eval::MetricReport)> =
         results.iter().map(|(m, r)| (m.clone(), &r.test)).collect();

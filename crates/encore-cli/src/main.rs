@@ -4,8 +4,11 @@ mod bench;
 mod data;
 mod demo;
 mod evaluate;
+mod features;
 mod models;
+mod progress;
 mod recommend;
+mod report;
 mod run;
 mod train;
 
@@ -32,12 +35,17 @@ enum Command {
     /// Generate, import, inspect and split datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Text embedding, artist-tag texts, PCA and multi-modal fusion of item features.
+    #[command(subcommand)]
+    Features(features::FeaturesCommand),
     /// Train a model on a dataset and split; writes a run directory.
     Train(train::TrainArgs),
     /// Evaluate a run's best model, or ranked lists made by any other system.
     Evaluate(evaluate::EvaluateArgs),
     /// Top-k recommendations for a known user or for a listening history (fold-in).
     Recommend(recommend::RecommendArgs),
+    /// One table of the test metrics of several runs (text, Markdown, CSV).
+    Report(report::ReportArgs),
     /// Generate the synthetic `small` world, train every model, print a results table.
     Demo(demo::DemoArgs),
     /// Measure the hot paths and print a table.
@@ -64,9 +72,11 @@ fn main() {
     }
     let result = match cli.command {
         Command::Data(cmd) => data::run(cmd),
+        Command::Features(cmd) => features::run(cmd),
         Command::Train(args) => train::run(args),
         Command::Evaluate(args) => evaluate::run(args),
         Command::Recommend(args) => recommend::run(args),
+        Command::Report(args) => report::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
     };

@@ -13,6 +13,7 @@ use encore_models::lightgcn::{LightGcn, LightGcnConfig};
 use encore_models::trainer::{self, TrainData, TrainOutcome};
 use encore_models::{Pop, Recommender, Trainable};
 use encore_vae::macridvae::{MacridVae, MacridVaeConfig};
+use encore_vae::conditioning::Conditioning;
 use encore_vae::multivae::{MultiVae, MultiVaeConfig};
 
 /// Every model the CLI can train, in the order the demo runs them.
@@ -50,6 +51,19 @@ impl Resolved {
             Resolved::MultiVae(c) => c.to_toml()?,
             Resolved::MacridVae(c) => c.to_toml()?,
         })
+    }
+}
+
+impl Resolved {
+    /// The conditioning kind and fused dimension of a conditioned VAE (MODELS.md
+    /// "Conditioning"); `None` for every other model and for `conditioning = "none"`.
+    pub fn conditioning(&self) -> Option<(&str, usize)> {
+        let (kind, dim) = match self {
+            Resolved::MultiVae(c) => (c.model.conditioning.as_str(), c.model.cond_dim),
+            Resolved::MacridVae(c) => (c.model.conditioning.as_str(), c.model.cond_dim),
+            _ => return None,
+        };
+        (kind != "none").then_some((kind, dim))
     }
 }
 
@@ -92,12 +106,14 @@ pub fn resolve(
 
 /// Fit a model on `split`: closed-form models at once, the others through the trainer, which
 /// writes `model/`, `checkpoint/`, `log.jsonl` and the plots into `run_dir` (and continues a
-/// killed run with `resume`). Returns the best model and, for trained models, the outcome.
+/// killed run with `resume`). `cond` is the item conditioning of a conditioned VAE (see
+/// [`Resolved::conditioning`]). Returns the best model and, for trained models, the outcome.
 pub fn fit(
     resolved: &Resolved,
     split: &Split,
     run_dir: &Path,
     resume: bool,
+    cond: Option<Conditioning>,
 ) -> Result<(Box<dyn Recommender>, Option<TrainOutcome>)> {
     let data = TrainData {
         train: &split.train,
@@ -137,11 +153,11 @@ pub fn fit(
             epochs(m, &data, &c.train, run_dir, resume, LightGcn::load)
         }
         Resolved::MultiVae(c) => {
-            let m = MultiVae::new(c.model.clone(), n_items)?;
+            let m = MultiVae::with_conditioning(c.model.clone(), n_items, cond)?;
             epochs(m, &data, &c.train, run_dir, resume, MultiVae::load)
         }
         Resolved::MacridVae(c) => {
-            let m = MacridVae::new(c.model.clone(), n_items)?;
+            let m = MacridVae::with_conditioning(c.model.clone(), n_items, cond)?;
             epochs(m, &data, &c.train, run_dir, resume, MacridVae::load)
         }
     }

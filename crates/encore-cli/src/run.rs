@@ -32,6 +32,9 @@ pub struct RunInfo {
     pub seed: u64,
     pub threads: usize,
     pub encore_version: String,
+    /// The feature tables a conditioned model's conditioning was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<crate::features::FeatureSources>,
 }
 
 /// `metrics.json`.

@@ -7,13 +7,14 @@ use clap::Args;
 use encore_data::{Dataset, Split, SplitKind};
 use encore_eval::{evaluate, EvalOptions, MetricReport};
 use encore_models::{ModelScorer, Recommender};
+use encore_vae::conditioning::Conditioning;
 
 use crate::run::{self, RunInfo, RunMetrics};
 use crate::{data, models};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Models: pop, ease, bpr, lightgcn, multivae, macridvae.\n\nExamples:\n  encore train --model multivae --data data/ml-100k --split ratio --seed 2020\n  encore train --model macridvae --data data/ml-100k --set preset=recbole --set lr=0.005\n  encore train --model lightgcn --config configs/lightgcn.toml --data data/ml-100k --out runs/lgcn\n  encore train --model bpr --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/bpr-external\n  encore train --model lightgcn --out runs/lgcn --resume     # continue a killed run"
+    after_help = "Models: pop, ease, bpr, lightgcn, multivae, macridvae.\n\nExamples:\n  encore train --model multivae --data data/ml-100k --split ratio --seed 2020\n  encore train --model macridvae --data data/ml-100k --set preset=recbole --set lr=0.005\n  encore train --model lightgcn --config configs/lightgcn.toml --data data/ml-100k --out runs/lgcn\n  encore train --model bpr --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/bpr-external\n  encore train --model lightgcn --out runs/lgcn --resume     # continue a killed run\n  encore train --model multivae --data data/small --set conditioning=tensor --audio world/id_ivec512.tsv --lyrics world/id_lyrics_bert.tsv\n  encore train --model multivae --data data/lastfm --set conditioning=lyrics --lyrics id_tags_emb.tsv\n\nConditioning (MultiVAE-C, MacridVAE-C): `--set conditioning=audio|lyrics|concat|tensor` with the\nfeature tables it needs; the fused vectors (PCA to `cond_dim`, default 128) are fitted on the\ndataset's catalogue and kept in <run>/conditioning/."
 )]
 pub struct TrainArgs {
     /// The model to train: pop, ease, bpr, lightgcn, multivae or macridvae.
@@ -48,6 +49,9 @@ pub struct TrainArgs {
     /// Run directory (default runs/<model>-<dataset>-<split>-<seed>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Item feature tables for a conditioned VAE (`--set conditioning=tensor` etc.).
+    #[command(flatten)]
+    pub features: crate::features::FeatureSources,
 }
 
 /// What a finished training run reports.
@@ -128,7 +132,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             .out
             .as_deref()
             .is_some_and(|d| d.join("run.json").exists());
-    let (run_dir, split, resolved) = if resuming {
+    let (run_dir, split, resolved, dataset) = if resuming {
         let run_dir = args.out.clone().expect("--resume requires --out");
         let loaded = run::load(&run_dir)?;
         if loaded.info.model != args.model {
@@ -154,7 +158,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
                 );
             }
         }
-        (run_dir, loaded.split, resolved)
+        (run_dir, loaded.split, resolved, loaded.dataset)
     } else {
         let resolved = models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
         let (dataset, split) = dataset_and_split(args, seed)?;
@@ -173,16 +177,47 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             seed,
             threads: rayon::current_num_threads(),
             encore_version: env!("CARGO_PKG_VERSION").to_string(),
+            features: resolved
+                .conditioning()
+                .map(|_| args.features.clone()),
         };
+        if resolved.conditioning().is_none()
+            && (args.features.audio.is_some() || args.features.lyrics.is_some())
+        {
+            bail!(
+                "--audio/--lyrics are only used by a conditioned model: add e.g. \
+                 --set conditioning=tensor (multivae, macridvae)"
+            );
+        }
         run::create(&run_dir, &info, &dataset, &split)?;
         encore_data::split::write_atomic(&run_dir.join("config.toml"), |w| {
             std::io::Write::write_all(w, resolved.to_toml().unwrap_or_default().as_bytes())
         })?;
-        (run_dir, split, resolved)
+        (run_dir, split, resolved, dataset)
+    };
+
+    // A conditioned model's item vectors: built once per run and kept in the run directory,
+    // so that a resumed run continues with exactly the same conditioning.
+    let cond_dir = run_dir.join(crate::features::CONDITIONING_DIR);
+    let cond = match resolved.conditioning() {
+        None => None,
+        Some(_) if resuming => Some(Conditioning::load(&cond_dir)?),
+        Some((kind, dim)) => {
+            let c = crate::features::build_conditioning(
+                kind,
+                dim,
+                &dataset.items,
+                &args.features,
+                seed,
+                &cond_dir,
+            )?;
+            c.save(&cond_dir)?;
+            Some(c)
+        }
     };
 
     let start = std::time::Instant::now();
-    let (model, outcome) = models::fit(&resolved, &split, &run_dir, args.resume)?;
+    let (model, outcome) = models::fit(&resolved, &split, &run_dir, args.resume, cond)?;
     let train_seconds = outcome
         .as_ref()
         .map_or(start.elapsed().as_secs_f64(), |o| o.seconds);

@@ -519,3 +519,233 @@ fn config_errors_name_the_key() {
         assert!(out.join("config.toml").exists());
     }
 }
+
+/// The multi-modal path end to end through the binary (SPEC §3, MODELS.md "Conditioning"):
+/// fuse the tiny world's audio and lyrics tables, re-apply the saved projection, train
+/// MultiVAE-C and MacridVAE-C with tensor conditioning, evaluate the runs again, fold in a
+/// new listener, and get clear errors for a missing or unused feature table.
+#[test]
+fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let world = tmp.path().join("world");
+    let (audio, lyrics) = (world.join("id_ivec512.tsv"), world.join("id_lyrics_bert.tsv"));
+    let fused = tmp.path().join("fused.tsv");
+    let out = ok(&[
+        "features",
+        "fuse",
+        "--audio",
+        s(&audio),
+        "--lyrics",
+        s(&lyrics),
+        "--method",
+        "tensor",
+        "--dim",
+        "8",
+        "--modality-dim",
+        "16",
+        "--data",
+        s(&data),
+        "--out",
+        s(&fused),
+    ]);
+    assert!(out.contains("8 dimensions"), "{out}");
+    let text = std::fs::read_to_string(&fused).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split('\t').collect();
+    assert_eq!(header.len(), 9, "id + 8 columns: {header:?}");
+    // The saved projection applied to the same items reproduces the fitted vectors.
+    let again = tmp.path().join("again.tsv");
+    ok(&[
+        "features",
+        "fuse",
+        "--audio",
+        s(&audio),
+        "--lyrics",
+        s(&lyrics),
+        "--data",
+        s(&data),
+        "--apply",
+        s(&tmp.path().join("fused.tsv.fusion.safetensors")),
+        "--out",
+        s(&again),
+    ]);
+    let parse = |t: &str| -> Vec<f64> {
+        t.lines()
+            .skip(1)
+            .flat_map(|l| l.split('\t').skip(1).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>())
+            .collect()
+    };
+    let (a, b) = (parse(&text), parse(&std::fs::read_to_string(&again).unwrap()));
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
+
+    for model in ["multivae", "macridvae"] {
+        let run = tmp.path().join(format!("run-{model}"));
+        ok(&[
+            "train",
+            "--model",
+            model,
+            "--data",
+            s(&data),
+            "--set",
+            "conditioning=tensor",
+            "--set",
+            "cond_dim=8",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "batch_size=32",
+            "--audio",
+            s(&audio),
+            "--lyrics",
+            s(&lyrics),
+            "--out",
+            s(&run),
+        ]);
+        assert!(run.join("conditioning/report.json").exists());
+        let metrics = read_metrics(&run);
+        let ndcg = metric(&metrics, "test", "ndcg@10");
+        assert!(ndcg > 0.0 && ndcg <= 1.0, "{model}: {ndcg}");
+        // The saved run scores the same again (the conditioning travels with the model).
+        let again = tmp.path().join(format!("again-{model}.json"));
+        ok(&["evaluate", "--run", s(&run), "--out", s(&again)]);
+        let again: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+        assert_eq!(metric(&again, "test", "ndcg@10"), ndcg, "{model}");
+        // A listener the model never saw, from a history of catalogue tracks.
+        let train = std::fs::read_to_string(run.join("split/train.tsv")).unwrap();
+        let items: Vec<&str> = train
+            .lines()
+            .skip(1)
+            .take(3)
+            .map(|l| l.split('\t').nth(1).unwrap())
+            .collect();
+        let recs = ok(&[
+            "recommend",
+            "--run",
+            s(&run),
+            "--history",
+            &items.join(","),
+            "-k",
+            "4",
+        ]);
+        assert_eq!(recs.lines().skip(1).filter(|l| !l.trim().is_empty()).count(), 4, "{recs}");
+    }
+    // Both runs in one table, labelled with model and conditioning.
+    let csv = tmp.path().join("report.csv");
+    let table = ok(&[
+        "report",
+        s(&tmp.path().join("run-multivae")),
+        s(&tmp.path().join("run-macridvae")),
+        "--markdown",
+        "--csv",
+        s(&csv),
+    ]);
+    assert!(table.contains("| ndcg@10") && table.contains("macridvae, tensor"), "{table}");
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3);
+
+    let err = fails(&[
+        "train",
+        "--model",
+        "multivae",
+        "--data",
+        s(&data),
+        "--set",
+        "conditioning=tensor",
+        "--lyrics",
+        s(&lyrics),
+        "--out",
+        s(&tmp.path().join("r-missing")),
+    ]);
+    assert!(err.contains("--audio"), "{err}");
+    let err = fails(&[
+        "train",
+        "--model",
+        "multivae",
+        "--data",
+        s(&data),
+        "--audio",
+        s(&audio),
+        "--out",
+        s(&tmp.path().join("r-unused")),
+    ]);
+    assert!(err.contains("conditioning"), "{err}");
+}
+
+/// Last.fm-2k's text modality: each artist's tags as one text, ISO-8859-1 decoded.
+#[test]
+fn lastfm_tags_become_texts() {
+    let Some(shared) = shared_data() else {
+        eprintln!("skipped: ../shared/data is absent");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tags.tsv");
+    ok(&[
+        "features",
+        "tags-text",
+        "--input",
+        s(&shared.join("hetrec-lastfm-2k")),
+        "--out",
+        s(&out),
+        "--max-tags",
+        "5",
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id\ttext"));
+    let rows: Vec<(&str, &str)> = lines.map(|l| l.split_once('\t').unwrap()).collect();
+    assert!(rows.len() > 10_000, "{} artists", rows.len());
+    // Artist 1 (MALICE MIZER): j-rock is applied by 5 users, more than any other tag.
+    let first = rows.iter().find(|(id, _)| *id == "1").unwrap();
+    assert!(first.1.starts_with("j-rock, "), "{first:?}");
+}
+
+/// The lyrics path with the real MiniLM model: embed the tiny world's lyric texts, then train
+/// a MultiVAE conditioned on them. Skipped (with a message) when the model folder is absent.
+#[test]
+fn embedded_lyrics_condition_a_multivae() {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/all-MiniLM-L6-v2");
+    if !model.join("model.safetensors").exists() {
+        eprintln!("skipped: {} is absent", model.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let emb = tmp.path().join("id_lyrics_emb.tsv");
+    let out = ok(&[
+        "features",
+        "embed-text",
+        "--model",
+        s(&model),
+        "--texts",
+        s(&tmp.path().join("world/lyrics.tsv")),
+        "--out",
+        s(&emb),
+    ]);
+    assert!(out.contains("384 dimensions"), "{out}");
+    let text = std::fs::read_to_string(&emb).unwrap();
+    assert_eq!(text.lines().next().unwrap().split('\t').count(), 385);
+    let lyrics = std::fs::read_to_string(tmp.path().join("world/lyrics.tsv")).unwrap();
+    assert_eq!(text.lines().count(), lyrics.lines().count(), "one row per text");
+    let run = tmp.path().join("run");
+    ok(&[
+        "train",
+        "--model",
+        "multivae",
+        "--data",
+        s(&data),
+        "--set",
+        "conditioning=lyrics",
+        "--set",
+        "cond_dim=16",
+        "--set",
+        "train.epochs=2",
+        "--lyrics",
+        s(&emb),
+        "--out",
+        s(&run),
+    ]);
+    let report = std::fs::read_to_string(run.join("conditioning/report.json")).unwrap();
+    assert!(report.contains("\"items_with_features\""), "{report}");
+}

@@ -1,0 +1,117 @@
+//! `encore report`: one table of the test metrics of several runs (e.g. each conditioning
+//! kind against none), as text, Markdown or CSV.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use encore_eval::MetricReport;
+
+use crate::run::{read_json, RunInfo, RunMetrics};
+
+#[derive(Args, Clone, Debug)]
+#[command(
+    after_help = "Examples:\n  encore report runs/demo/runs/*\n  encore report runs/lastfm-* --k 10 --markdown\n  encore report runs/a runs/b --csv results.csv"
+)]
+pub struct ReportArgs {
+    /// Run directories (each with run.json, config.toml and metrics.json).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// The cut-off of the metric columns.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Print a Markdown table instead of aligned text.
+    #[arg(long)]
+    pub markdown: bool,
+    /// Also write the rows as CSV to this file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+}
+
+/// One run's row: its label (directory name, model, conditioning) and test metrics.
+struct Row {
+    label: String,
+    report: MetricReport,
+    best_epoch: Option<usize>,
+}
+
+fn read_row(dir: &std::path::Path) -> Result<Row> {
+    let info: RunInfo = read_json(&dir.join("run.json"))
+        .with_context(|| format!("{} is not a run directory", dir.display()))?;
+    let metrics: RunMetrics = read_json(&dir.join("metrics.json")).with_context(|| {
+        format!(
+            "{}: no metrics.json (is the run finished? `encore train --resume` continues it)",
+            dir.display()
+        )
+    })?;
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
+    let conditioning = toml::from_str::<toml::Table>(&config)
+        .ok()
+        .and_then(|t| t.get("conditioning").and_then(|v| v.as_str()).map(String::from))
+        .unwrap_or_else(|| "none".into());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Row {
+        label: format!("{name} ({}, {conditioning})", info.model),
+        report: MetricReport {
+            n_evaluated: metrics.test_users,
+            n_skipped: metrics.skipped_users_test,
+            metrics: metrics.test,
+            per_user: None,
+            seconds: metrics.eval_seconds,
+        },
+        best_epoch: metrics.best_epoch,
+    })
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    if args.k == 0 {
+        bail!("--k: expected a positive cut-off");
+    }
+    let rows: Vec<Row> = args
+        .runs
+        .iter()
+        .map(|d| read_row(d))
+        .collect::<Result<_>>()?;
+    let names: Vec<String> = ["ndcg", "mrr", "recall", "hit", "precision"]
+        .iter()
+        .map(|m| format!("{m}@{}", args.k))
+        .collect();
+    for r in &rows {
+        if !r.report.metrics.contains_key(&names[0]) {
+            bail!(
+                "{}: no {} in its metrics (evaluate it with --k {})",
+                r.label,
+                names[0],
+                args.k
+            );
+        }
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let table_rows: Vec<(String, &MetricReport)> =
+        rows.iter().map(|r| (r.label.clone(), &r.report)).collect();
+    if args.markdown {
+        println!("{}", encore_eval::format_markdown_table(&table_rows, &refs));
+    } else {
+        println!("{}", encore_eval::format_table(&table_rows, &refs));
+    }
+    if let Some(path) = &args.csv {
+        encore_data::split::write_atomic(path, |w| {
+            use std::io::Write;
+            writeln!(w, "run,{},best_epoch", names.join(","))?;
+            for r in &rows {
+                let vals: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("{}", r.report.metrics.get(n).copied().unwrap_or(f64::NAN)))
+                    .collect();
+                let epoch = r.best_epoch.map(|e| e.to_string()).unwrap_or_default();
+                writeln!(w, "\"{}\",{},{epoch}", r.label.replace('"', "'"), vals.join(","))?;
+            }
+            Ok(())
+        })?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
