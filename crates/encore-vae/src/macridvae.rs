@@ -970,6 +970,38 @@ mod tests {
                     })
             };
             assert!(run(1) == run(3), "{}", preset.preset);
+            // MacridVAE-C, default 128 conditioning dimensions.
+            let mut rng = ChaCha8Rng::seed_from_u64(8);
+            let n = n_items as usize;
+            let cond = Conditioning::new(
+                n,
+                128,
+                normals(&mut rng, n * 128, 1.0),
+                (0..n).map(|i| i % 7 != 0).collect(),
+            )
+            .unwrap();
+            let cfg = MacridVaeConfig {
+                conditioning: "audio".into(),
+                ..preset.clone()
+            };
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| {
+                        let mut m =
+                            MacridVae::with_conditioning(cfg.clone(), n, Some(cond.clone()))
+                                .unwrap();
+                        let mut rng = ChaCha8Rng::seed_from_u64(5);
+                        let users = train.nonempty_users();
+                        m.step(&train, &users, &mut rng);
+                        let mut out = vec![0f32; 4 * n];
+                        m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                        (m.params, out)
+                    })
+            };
+            assert!(run(1) == run(3), "conditioned {}", preset.preset);
         }
     }
 

@@ -302,13 +302,17 @@ impl MultiVae {
             false,
         );
         if cr > 0 {
+            // Into its own buffer, then added: `gemm` accumulating into `y` rounds differently
+            // for one row than for many, and fold-in (one row) must equal batch scoring.
             let c = cond.expect("a conditioned model scores with conditioning vectors");
+            let mut yc = vec![0f32; b * o];
             matmul(
-                &mut y,
+                &mut yc,
                 Mat::new(c, b, cr),
                 Mat::new(&w[ih * o..], cr, o),
-                true,
+                false,
             );
+            y.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
         }
         add_bias(&mut y, &p[2 * l + 1].data);
         y
@@ -1031,6 +1035,54 @@ mod tests {
                         m.step(&train, &users, &mut rng);
                     }
                     let mut out = vec![0f32; 4 * n_items as usize];
+                    m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                    (m.params, out)
+                })
+        };
+        assert!(run(1) == run(3));
+    }
+
+    /// The same for MultiVAE-C with the default 128 conditioning dimensions.
+    #[test]
+    fn conditioned_steps_are_thread_count_independent() {
+        let n_items = 3000usize;
+        let rows: Vec<Vec<u32>> = (0..300u32)
+            .map(|u| {
+                (0..40)
+                    .map(|j| (u * 37 + j * 101) % n_items as u32)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        let train = InteractionMatrix::from_rows(n_items, &rows);
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let cond = Conditioning::new(
+            n_items,
+            128,
+            normals(&mut rng, n_items * 128, 1.0),
+            (0..n_items).map(|i| i % 7 != 0).collect(),
+        )
+        .unwrap();
+        let cfg = MultiVaeConfig {
+            conditioning: "tensor".into(),
+            ..MultiVaeConfig::recbole()
+        };
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let mut m =
+                        MultiVae::with_conditioning(cfg.clone(), n_items, Some(cond.clone()))
+                            .unwrap();
+                    let mut rng = ChaCha8Rng::seed_from_u64(5);
+                    let users = train.nonempty_users();
+                    for _ in 0..2 {
+                        m.step(&train, &users, &mut rng);
+                    }
+                    let mut out = vec![0f32; 4 * n_items];
                     m.score_users(&[0, 1, 2, 3], &train, &mut out);
                     (m.params, out)
                 })

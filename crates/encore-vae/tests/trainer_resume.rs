@@ -149,6 +149,38 @@ fn macridvae_killed_and_resumed_equals_straight() {
     }
 }
 
+/// Fused features for the 40 items of [`data`], every fifth item without any.
+fn features() -> encore_vae::Conditioning {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+    let values = (0..40 * 6).map(|_| rng.random::<f32>() - 0.5).collect();
+    let present = (0..40).map(|i| i % 5 != 0).collect();
+    encore_vae::Conditioning::new(40, 6, values, present).unwrap()
+}
+
+/// MultiVAE-C and MacridVAE-C resume exactly too (the checkpoint carries the features).
+#[test]
+fn conditioned_killed_and_resumed_equals_straight() {
+    let cfg = MultiVaeConfig {
+        hidden_dims: vec![16],
+        latent_dim: 4,
+        batch_size: 16,
+        conditioning: "audio".into(),
+        cond_dim: 6,
+        ..MultiVaeConfig::original()
+    };
+    check_resume(|| MultiVae::with_conditioning(cfg.clone(), 40, Some(features())).unwrap());
+    let cfg = MacridVaeConfig {
+        n_facets: 3,
+        hidden_dims: vec![16],
+        latent_dim: 4,
+        batch_size: 16,
+        conditioning: "concat".into(),
+        cond_dim: 6,
+        ..MacridVaeConfig::original()
+    };
+    check_resume(|| MacridVae::with_conditioning(cfg.clone(), 40, Some(features())).unwrap());
+}
+
 #[test]
 fn shipped_configs_resolve() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
