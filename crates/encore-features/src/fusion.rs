@@ -905,6 +905,9 @@ impl FusionModel {
     /// The same projection on new items: the rows whose id is in every needed table (first
     /// table's order), fused with the fitted means and components. A table whose width
     /// differs from the one the model was fitted on is an error naming the table.
+    ///
+    /// On the fitting tables it reproduces [`fuse`]'s output bit for bit; an item fused in a
+    /// different batch may differ in the last bits (`gemm` blocks products by their size).
     pub fn apply(
         &self,
         audio: Option<&FeatureTable>,
@@ -978,5 +981,404 @@ impl FusionModel {
             }
         };
         fused_table(cfg.method, g.ids, values, cfg.dim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::sym_eigen_desc;
+    use crate::PcaMethod;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    /// `n` rows of `d`-d features `U z + noise` with `z ∈ R^r`, scales `z_j ~ N(0, s_j²)`.
+    fn low_rank_rows(
+        n: usize,
+        d: usize,
+        scales: &[f32],
+        noise: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<f32> {
+        let r = scales.len();
+        let u: Vec<f32> = (0..r * d)
+            .map(|_| {
+                let v: f32 = StandardNormal.sample(rng);
+                v / (d as f32).sqrt()
+            })
+            .collect();
+        let mut x = vec![0f32; n * d];
+        for row in x.chunks_mut(d) {
+            let z: Vec<f32> = scales
+                .iter()
+                .map(|s| {
+                    let v: f32 = StandardNormal.sample(rng);
+                    s * v
+                })
+                .collect();
+            for (c, v) in row.iter_mut().enumerate() {
+                let e: f32 = StandardNormal.sample(rng);
+                *v = 0.3 + noise * e + (0..r).map(|j| z[j] * u[j * d + c]).sum::<f32>();
+            }
+        }
+        x
+    }
+
+    /// Audio and lyrics whose outer products have 128 strong directions: audio of rank 16,
+    /// lyrics of rank 8, geometric scales (the 128 products are distinct), small noise. The
+    /// tensor spectrum then has a clear gap after 128, as the subspace test needs.
+    fn structured(n: usize, da: usize, dl: usize, seed: u64) -> (FeatureTable, FeatureTable) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let sa: Vec<f32> = (0..16).map(|j| 3.0 * 0.93f32.powi(j)).collect();
+        let sl: Vec<f32> = (0..8).map(|j| 2.0 * 0.77f32.powi(j)).collect();
+        let a = low_rank_rows(n, da, &sa, 0.01, &mut rng);
+        let l = low_rank_rows(n, dl, &sl, 0.01, &mut rng);
+        let ids: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+        let cols = |d: usize, p: &str| (0..d).map(|j| format!("{p}{j}")).collect();
+        (
+            FeatureTable::new("audio.tsv", ids.clone(), cols(da, "a"), a).unwrap(),
+            FeatureTable::new("lyrics.tsv", ids, cols(dl, "l"), l).unwrap(),
+        )
+    }
+
+    /// Largest principal angle between the row spaces of two `k x d` orthonormal-row
+    /// matrices, as `asin ‖(I − C2ᵀC2) C1ᵀ‖₂`. (The cosine form, `arccos σ_min(C1 C2ᵀ)`,
+    /// cannot resolve angles below √ε of f32 ≈ 3e-4: the f32 rows are orthonormal only to
+    /// ~1e-7.)
+    fn largest_angle(c1: &[f32], c2: &[f32], k: usize, d: usize) -> f64 {
+        // M = C2 C1ᵀ, R = C1ᵀ − C2ᵀ M (d x k), sin² θ_max = λ_max(RᵀR).
+        let mut m = vec![0f64; k * k];
+        for i in 0..k {
+            for j in 0..k {
+                m[i * k + j] = (0..d)
+                    .map(|c| c2[i * d + c] as f64 * c1[j * d + c] as f64)
+                    .sum();
+            }
+        }
+        let mut r = vec![0f64; d * k];
+        for c in 0..d {
+            for j in 0..k {
+                let proj: f64 = (0..k).map(|i| c2[i * d + c] as f64 * m[i * k + j]).sum();
+                r[c * k + j] = c1[j * d + c] as f64 - proj;
+            }
+        }
+        let mut rtr = vec![0f64; k * k];
+        for row in r.chunks(k) {
+            for i in 0..k {
+                for j in 0..k {
+                    rtr[i * k + j] += row[i] * row[j];
+                }
+            }
+        }
+        let (vals, _) = sym_eigen_desc(&rtr, k, "test").unwrap();
+        vals[0].clamp(0.0, 1.0).sqrt().asin()
+    }
+
+    #[test]
+    fn method_names_round_trip() {
+        for m in FusionMethod::ALL {
+            assert_eq!(m.to_string().parse::<FusionMethod>().unwrap(), m);
+        }
+        let e = "outer".parse::<FusionMethod>().unwrap_err().to_string();
+        assert!(e.contains("`method`") && e.contains("\"outer\""), "{e}");
+    }
+
+    #[test]
+    fn tensor_implicit_matches_materialised_on_2000_items() {
+        let n = 2000;
+        let (a, l) = structured(n, 128, 128, 42);
+        let implicit = FusionConfig {
+            method: FusionMethod::Tensor,
+            fusion_pca: PcaOptions {
+                method: PcaMethod::Randomized,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let reference = FusionConfig {
+            tensor_path: TensorPath::Materialised,
+            fusion_pca: PcaOptions {
+                method: PcaMethod::Exact,
+                ..Default::default()
+            },
+            ..implicit
+        };
+        let (mi, ti) = fuse(Some(&a), Some(&l), &implicit, None).unwrap();
+        let (mr, tr) = fuse(Some(&a), Some(&l), &reference, None).unwrap();
+        let (pi, pr) = (mi.fused.as_ref().unwrap(), mr.fused.as_ref().unwrap());
+        assert!(matches!(pi.method, FitMethod::Randomized { .. }));
+        assert_eq!(pr.method, FitMethod::Gram);
+        let (k, d) = (128, 128 * 128);
+        let angle = largest_angle(&pi.components, &pr.components, k, d);
+        assert!(angle < 1e-3, "largest principal angle {angle}");
+        // Same means, variances and total variance.
+        for (x, y) in pi.mean.iter().zip(&pr.mean) {
+            assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} {y}");
+        }
+        for (j, (x, y)) in pi
+            .explained_variance
+            .iter()
+            .zip(&pr.explained_variance)
+            .enumerate()
+        {
+            assert!((x - y).abs() < 1e-4 * y, "variance {j}: {x} vs {y}");
+        }
+        assert!((pi.total_variance - pr.total_variance).abs() < 1e-6 * pr.total_variance);
+        assert!(pi.explained_ratio() > 0.99, "{}", pi.explained_ratio());
+        // Projected outputs agree column by column, up to sign.
+        assert_eq!(ti.ids, tr.ids);
+        let mut worst = 0f64;
+        for j in 0..k {
+            let col = |t: &FeatureTable| -> Vec<f64> {
+                (0..n).map(|i| t.values[i * k + j] as f64).collect()
+            };
+            let (x, y) = (col(&ti), col(&tr));
+            let dot: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+            let sign = dot.signum();
+            let scale = (y.iter().map(|v| v * v).sum::<f64>() / n as f64).sqrt();
+            let err = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - sign * b).abs())
+                .fold(0.0, f64::max);
+            worst = worst.max(err / scale);
+        }
+        eprintln!(
+            "tensor 2000 items: largest angle {angle:.3e}, largest output difference {worst:.3e}"
+        );
+        assert!(
+            worst < 1e-2,
+            "largest output difference {worst} (relative to column RMS)"
+        );
+    }
+
+    #[test]
+    fn save_load_apply_round_trip_for_every_method() {
+        let (a, l) = structured(300, 40, 30, 7);
+        let dir = tempfile::tempdir().unwrap();
+        for method in FusionMethod::ALL {
+            let cfg = FusionConfig {
+                method,
+                dim: 8,
+                modality_dim: 16,
+                seed: 5,
+                fusion_pca: PcaOptions {
+                    method: PcaMethod::Randomized,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let (model, table) = fuse(Some(&a), Some(&l), &cfg, None).unwrap();
+            assert_eq!(table.dim(), 8);
+            assert_eq!(table.len(), 300);
+            assert_eq!(table.columns[7], "f7");
+            let path = dir.path().join(format!("{method}.safetensors"));
+            model.save(&path).unwrap();
+            let loaded = FusionModel::load(&path).unwrap();
+            assert_eq!(loaded, model, "{method}");
+            let again = loaded.apply(Some(&a), Some(&l)).unwrap();
+            assert_eq!(again.ids, table.ids);
+            assert_eq!(again.values, table.values, "{method}");
+            // New items (a reordered subset): each row fuses to the same vector, up to the
+            // last bits (gemm blocks a 3-row product differently from a 300-row one).
+            let pick = |t: &FeatureTable, rows: &[usize]| {
+                let ids = rows.iter().map(|&r| t.ids[r].clone()).collect();
+                let v = rows.iter().flat_map(|&r| t.row(r).to_vec()).collect();
+                FeatureTable::new("new.tsv", ids, t.columns.clone(), v).unwrap()
+            };
+            let sub = [17usize, 3, 250];
+            let new = loaded
+                .apply(Some(&pick(&a, &sub)), Some(&pick(&l, &sub)))
+                .unwrap();
+            for (r, &i) in sub.iter().enumerate() {
+                for (x, y) in new.row(r).iter().zip(table.row(i)) {
+                    assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{method} item {i}");
+                }
+            }
+            let report = model.report();
+            assert_eq!(report.n_items, 300);
+            let last = report.stages.last().unwrap();
+            assert_eq!(last.output_dim, 8);
+            assert!(last.explained_ratio > 0.0 && last.explained_ratio <= 1.0 + 1e-9);
+            assert!(report.to_string().contains(method.as_str()));
+        }
+    }
+
+    #[test]
+    fn audio_fusion_is_the_truncated_modality_pca() {
+        let (a, _) = structured(200, 24, 10, 3);
+        let cfg = FusionConfig {
+            method: FusionMethod::Audio,
+            dim: 4,
+            modality_dim: 12,
+            ..Default::default()
+        };
+        let (model, table) = fuse(Some(&a), None, &cfg, None).unwrap();
+        let pca = Pca::fit(&a.values, 200, 24, 4, 0).unwrap();
+        let want = pca.transform(&a.values, 200).unwrap();
+        for (x, y) in table.values.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4, "{x} {y}");
+        }
+        let r = model.report();
+        assert_eq!(r.stages.len(), 2);
+        assert_eq!(r.stages[1].stage, "audio->4");
+    }
+
+    #[test]
+    fn rows_are_the_id_intersection_in_audio_order() {
+        let (a, l) = structured(50, 12, 10, 9);
+        // Lyrics for a reversed subset of ids.
+        let rows: Vec<usize> = (10..50).rev().collect();
+        let ids = rows.iter().map(|&r| l.ids[r].clone()).collect();
+        let v = rows.iter().flat_map(|&r| l.row(r).to_vec()).collect();
+        let l2 = FeatureTable::new("l2.tsv", ids, l.columns.clone(), v).unwrap();
+        let cfg = FusionConfig {
+            method: FusionMethod::Concat,
+            dim: 4,
+            modality_dim: 6,
+            ..Default::default()
+        };
+        let (m, t) = fuse(Some(&a), Some(&l2), &cfg, None).unwrap();
+        assert_eq!(m.n_items, 40);
+        let want: Vec<String> = (10..50).map(|i| format!("t{i}")).collect();
+        assert_eq!(t.ids, want);
+    }
+
+    #[test]
+    fn fusion_is_thread_count_independent() {
+        let (a, l) = structured(700, 40, 30, 11);
+        let cfg = FusionConfig {
+            method: FusionMethod::Tensor,
+            dim: 16,
+            modality_dim: 30,
+            fusion_pca: PcaOptions {
+                method: PcaMethod::Randomized,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| fuse(Some(&a), Some(&l), &cfg, None).unwrap())
+        };
+        let (m1, t1) = run(1);
+        let (m3, t3) = run(3);
+        assert_eq!(m1, m3);
+        assert_eq!(t1.values, t3.values);
+    }
+
+    #[test]
+    fn errors_name_the_parameter_or_file() {
+        let (a, l) = structured(40, 12, 10, 1);
+        let base = FusionConfig {
+            dim: 4,
+            modality_dim: 6,
+            ..Default::default()
+        };
+        let err = |r: Result<(FusionModel, FeatureTable)>| r.unwrap_err().to_string();
+        // A needed table is missing.
+        let e = err(fuse(Some(&a), None, &base, None));
+        assert!(e.contains("`lyrics`"), "{e}");
+        let cfg = FusionConfig {
+            method: FusionMethod::Lyrics,
+            ..base
+        };
+        assert!(err(fuse(Some(&a), None, &cfg, None)).contains("`lyrics`"));
+        // dim too large for the method; zero dims.
+        let cfg = FusionConfig {
+            method: FusionMethod::Audio,
+            dim: 7,
+            ..base
+        };
+        let e = err(fuse(Some(&a), Some(&l), &cfg, None));
+        assert!(e.contains("`dim`") && e.contains("7"), "{e}");
+        let e = err(fuse(
+            Some(&a),
+            Some(&l),
+            &FusionConfig { dim: 0, ..base },
+            None,
+        ));
+        assert!(e.contains("`dim`"), "{e}");
+        let e = err(fuse(
+            Some(&a),
+            Some(&l),
+            &FusionConfig {
+                modality_dim: 0,
+                ..base
+            },
+            None,
+        ));
+        assert!(e.contains("`modality_dim`"), "{e}");
+        // modality_dim above a table's width names the table.
+        let e = err(fuse(
+            Some(&a),
+            Some(&l),
+            &FusionConfig {
+                modality_dim: 11,
+                ..base
+            },
+            None,
+        ));
+        assert!(
+            e.contains("`modality_dim`") && e.contains("lyrics.tsv"),
+            "{e}"
+        );
+        // Empty intersection.
+        let ids = (0..40).map(|i| format!("other{i}")).collect();
+        let l2 = FeatureTable::new("l2.tsv", ids, l.columns.clone(), l.values.clone()).unwrap();
+        let e = err(fuse(Some(&a), Some(&l2), &base, None));
+        assert!(
+            e.contains("audio.tsv") && e.contains("l2.tsv") && e.contains("no item id"),
+            "{e}"
+        );
+        // A non-finite value names file, row, id and column.
+        let mut v = a.values.clone();
+        v[3 * 12 + 5] = f32::INFINITY;
+        let a2 = FeatureTable::new("bad.tsv", a.ids.clone(), a.columns.clone(), v).unwrap();
+        let e = err(fuse(Some(&a2), Some(&l), &base, None));
+        assert!(
+            e.contains("bad.tsv")
+                && e.contains("row 4")
+                && e.contains("\"t3\"")
+                && e.contains("\"a5\""),
+            "{e}"
+        );
+        // Applying a model to a table of another width names the table.
+        let (model, _) = fuse(Some(&a), Some(&l), &base, None).unwrap();
+        let (a3, _) = structured(40, 13, 10, 1);
+        let e = model.apply(Some(&a3), Some(&l)).unwrap_err().to_string();
+        assert!(
+            e.contains("audio.tsv") && e.contains("13 columns") && e.contains("12"),
+            "{e}"
+        );
+        // Loading garbage or a missing file names the file.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("junk.safetensors");
+        std::fs::write(&p, b"not a model").unwrap();
+        let e = FusionModel::load(&p).unwrap_err().to_string();
+        assert!(e.contains("junk.safetensors"), "{e}");
+        let e = FusionModel::load(&dir.path().join("none"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("none"), "{e}");
+        // A file whose tensors disagree with its recorded config.
+        let mut broken = model.clone();
+        broken.fused.as_mut().unwrap().components.truncate(4 * 5);
+        broken.fused.as_mut().unwrap().mean.truncate(5);
+        let p2 = dir.path().join("broken.safetensors");
+        broken.save(&p2).unwrap();
+        let e = FusionModel::load(&p2).unwrap_err().to_string();
+        assert!(
+            e.contains("broken.safetensors") && e.contains("fused.mean"),
+            "{e}"
+        );
+        // A hand-built model lacking a stage is an error, not a panic.
+        let mut partial = model.clone();
+        partial.fused = None;
+        assert!(partial.apply(Some(&a), Some(&l)).is_err());
     }
 }

@@ -172,6 +172,13 @@ pub(crate) trait CentredRows: Sync {
     fn n_cols(&self) -> usize;
     /// Write `X_c[rows, cols]` row-major (`rows.len() x cols.len()`) into `out`.
     fn fill<T: Scalar>(&self, rows: Range<usize>, cols: Range<usize>, out: &mut [T]);
+    /// `Σ_ij X_c[i, j]²` (f64): `n` times the total variance.
+    fn centred_sum_sq(&self) -> f64
+    where
+        Self: Sized,
+    {
+        centred_sum_sq_by_blocks(self)
+    }
 }
 
 /// Rows per block in [`mul`]: about 4M floats (16 MB) per block, at most 1024 rows.
@@ -180,8 +187,8 @@ fn row_block(d: usize) -> usize {
 }
 
 /// Columns per task and rows per step in [`mul_t`].
-const T_COLS: usize = 64;
-const T_ROWS: usize = 2048;
+const T_COLS: usize = 256;
+const T_ROWS: usize = 256;
 
 /// `X_c · W` (`n x s`, f32) for `W` of shape `d x s` (as used). Parallel over row blocks.
 pub(crate) fn mul<O: CentredRows>(op: &O, w: Mat<'_, f32>) -> Vec<f32> {
@@ -206,7 +213,7 @@ pub(crate) fn mul<O: CentredRows>(op: &O, w: Mat<'_, f32>) -> Vec<f32> {
 }
 
 /// `X_cᵀ · Y` (`d x s`, accumulated in f64) for row-major `Y` of shape `n x s`. Parallel over
-/// column blocks of `X_c`; each block sums its row steps in order (f32 products of 2048 rows,
+/// column blocks of `X_c`; each block sums its row steps in order (f32 products of 256 rows,
 /// added into f64).
 pub(crate) fn mul_t<O: CentredRows>(op: &O, y: &[f32], s: usize) -> Vec<f64> {
     let (n, d) = (op.n_rows(), op.n_cols());
@@ -245,16 +252,16 @@ pub(crate) fn mul_t<O: CentredRows>(op: &O, y: &[f32], s: usize) -> Vec<f64> {
 }
 
 /// `Σ_ij X_c[i, j]²` in f64, summed per row block in parallel and over blocks in order.
-pub(crate) fn centred_sum_sq<O: CentredRows>(op: &O) -> f64 {
+pub(crate) fn centred_sum_sq_by_blocks<O: CentredRows>(op: &O) -> f64 {
     let (n, d) = (op.n_rows(), op.n_cols());
     let rb = row_block(d);
     let blocks: Vec<f64> = (0..n.div_ceil(rb))
         .into_par_iter()
-        .map(|bi| {
+        .map_init(Vec::<f64>::new, |buf, bi| {
             let r0 = bi * rb;
             let rows = rb.min(n - r0);
-            let mut buf = vec![0f64; rows * d];
-            op.fill(r0..r0 + rows, 0..d, &mut buf);
+            buf.resize(rows * d, 0.0);
+            op.fill(r0..r0 + rows, 0..d, &mut buf[..]);
             buf.iter().map(|x| x * x).sum::<f64>()
         })
         .collect();

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FeatureError, Result};
 use crate::linalg::{
-    centred_sum_sq, covariance_f64, fix_signs, gram_f64, left_project_f64, mul, mul_t,
-    orthonormal_basis, sym_eigen_desc, thin_svd_left, CentredRows, Mat, Scalar,
+    covariance_f64, fix_signs, gram_f64, left_project_f64, mul, mul_t, orthonormal_basis,
+    sym_eigen_desc, thin_svd_left, CentredRows, Mat, Scalar,
 };
 
 /// Above this `min(n, d)` the automatic choice is the randomized SVD.
@@ -330,7 +330,7 @@ pub(crate) fn fit_centred<O: CentredRows>(
         PcaMethod::Randomized => false,
         PcaMethod::Auto => n.min(d) <= EXACT_MAX,
     };
-    let total_variance = centred_sum_sq(op) / denom;
+    let total_variance = op.centred_sum_sq() / denom;
     let (method, mut comps, sq) = if exact {
         if d <= n {
             let c = covariance_f64(op);
