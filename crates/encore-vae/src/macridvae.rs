@@ -36,8 +36,21 @@
 //! layer's second half), so both presets use the official form. MODELS.md gives no batch size
 //! for the official code; the `original` preset uses MultiVAE's 500.
 //!
+//! MacridVAE-C (MODELS.md "Conditioning", built with [`MacridVae::with_conditioning`]):
+//! `[μ_k, −log σ²_k] = W₂ [h_k ; c_u]`, `z̃_k = normalise([z_k ; c_u])`, and the item
+//! embeddings (and, a resolution where MODELS.md is silent, the prototypes, which the
+//! assignment cosine pairs with them) are `d + cond_dim` wide, so the decoder cosine is taken
+//! in `d + cond_dim` dimensions; the KL term stays on the `d`-dimensional `μ_k, σ_k`. `c_u`
+//! comes only from the rows the model is given (see `MultiVae`). The decoder's products grow
+//! with the width: scoring costs about `(d + cond_dim) / d` times the plain model's decoder.
+//! Note: a one-row batch (fold-in) and the same row in a larger batch agree to rounding, not
+//! bit for bit (measured at `d = 12`: `gemm` evidently sums a one-row product in another
+//! order); this holds for the plain model too, whose own test passes bit for bit only at
+//! `d = 3`.
+//!
 //! Weights (safetensors, `[d_input, d_output]` matrices): `item_embedding` `[I, d]`,
-//! `k_embedding` `[K, d]`, `encoder.<l>.weight`, `encoder.<l>.bias`.
+//! `k_embedding` `[K, d]`, `encoder.<l>.weight`, `encoder.<l>.bias` (MacridVAE-C:
+//! `[I, d + c]`, `[K, d + c]`, and the last encoder weight has `c` more rows).
 
 use std::collections::BTreeMap;
 use std::path::Path;

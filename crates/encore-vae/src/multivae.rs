@@ -29,6 +29,17 @@
 //! `tests::hand_written_backward_matches_burn_autodiff` checks loss and gradients against the
 //! same model built as a burn autodiff graph.
 //!
+//! MultiVAE-C (MODELS.md "Conditioning", config `conditioning` other than `none`, built with
+//! [`MultiVae::with_conditioning`]): `h = tanh(W₁ x̃)` as above, `[μ, log σ²] = W₂ [h ; c_u]`
+//! (the last encoder layer's input is extended), decoder first layer `tanh(W₃ [z ; c_u])`.
+//! `c_u` is computed from the rows the model is given (the training row in a step, the input
+//! row when scoring, the history in fold-in), never from anything else, so held-out items
+//! cannot leak into it (SPEC §3; [`crate::Conditioning`]). The two extended weights gain
+//! `cond_dim` rows appended after the usual ones, so `W [h ; c] = h W[..h] + c W[h..]` is two
+//! products into the layer's output and no concatenated copy is made. With `none` the model is
+//! bit-identical to the plain one. The item features are saved beside the weights as
+//! `conditioning.safetensors`.
+//!
 //! Weights are saved as safetensors with `[d_input, d_output]` matrices (burn's convention, the
 //! transpose of PyTorch's `nn.Linear.weight`): `encoder.0.weight` `[I, hidden]`,
 //! `encoder.0.bias`, ..., `decoder.<n>.weight` `[hidden, I]`, `decoder.<n>.bias`.
