@@ -1169,7 +1169,14 @@ mod tests {
                 },
                 ..Default::default()
             };
-            let (model, table) = fuse(Some(&a), Some(&l), &cfg, None).unwrap();
+            let pb = ProgressBar::hidden();
+            let (model, table) = fuse(Some(&a), Some(&l), &cfg, Some(&pb)).unwrap();
+            assert_eq!(
+                pb.position(),
+                pb.length().unwrap(),
+                "{method}: one step per pass"
+            );
+            assert!(pb.position() >= 1);
             assert_eq!(table.dim(), 8);
             assert_eq!(table.len(), 300);
             assert_eq!(table.columns[7], "f7");

@@ -614,6 +614,39 @@ mod tests {
         assert!(p.explained_ratio() > 0.9 && p.explained_ratio() <= 1.0 + 1e-9);
     }
 
+    /// Constant data has no variance: every route returns orthonormal components, zero
+    /// variances and a zero ratio instead of failing or dividing by zero.
+    #[test]
+    fn constant_data_is_handled_on_every_route() {
+        for (n, d, method) in [
+            (6, 3, PcaMethod::Exact),
+            (3, 6, PcaMethod::Exact),
+            (6, 4, PcaMethod::Randomized),
+        ] {
+            let x = vec![2.5f32; n * d];
+            let opts = PcaOptions {
+                method,
+                ..Default::default()
+            };
+            let p = Pca::fit_with(&x, n, d, 2, 0, &opts).unwrap();
+            assert_eq!(p.total_variance, 0.0);
+            assert_eq!(p.explained_ratio(), 0.0);
+            assert!(p.explained_variance.iter().all(|&v| v == 0.0), "{method:?}");
+            for a in 0..2 {
+                for b in 0..2 {
+                    let dot: f32 = (0..d)
+                        .map(|j| p.components[a * d + j] * p.components[b * d + j])
+                        .sum();
+                    assert!(
+                        (dot - (a == b) as u8 as f32).abs() < 1e-5,
+                        "{method:?} {n}x{d}"
+                    );
+                }
+            }
+            assert!(p.transform(&x, n).unwrap().iter().all(|&v| v == 0.0));
+        }
+    }
+
     #[test]
     fn errors_name_the_parameter() {
         let x = vec![1.0f32; 12];
