@@ -23,7 +23,7 @@ pub enum FeaturesCommand {
     EmbedText(EmbedTextArgs),
     /// Write each HetRec Last.fm artist's tags as one text (`id<TAB>text`), for embed-text.
     #[command(
-        after_help = "Example:\n  encore features tags-text --input ../shared/data/hetrec-lastfm-2k --out lastfm_tags.tsv\n\nThe text of an artist is its tags, most-applied first, joined by \", \" (tags.dat is read as ISO-8859-1)."
+        after_help = "Example:\n  encore features tags-text --input ../shared/data/hetrec-lastfm-2k --out lastfm_tags.tsv\n  encore features tags-text --input ../shared/data/hetrec-lastfm-2k --data data/lastfm --out lastfm_tags.tsv\n\nThe text of an artist is its tags, most-applied first, joined by \", \" (tags.dat is read as ISO-8859-1)."
     )]
     TagsText(TagsTextArgs),
     /// PCA each modality and fuse them (tensor, concat) or keep one (audio, lyrics).
@@ -69,6 +69,9 @@ pub struct TagsTextArgs {
     /// Keep at most this many tags per artist (the most applied).
     #[arg(long, default_value_t = 30)]
     pub max_tags: usize,
+    /// Only the artists in this prepared dataset's catalogue (e.g. after the 5-core filter).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -165,7 +168,11 @@ fn tags_text(a: &TagsTextArgs) -> Result<()> {
         bail!("--max-tags: expected at least 1");
     }
     let tags = encore_data::readers::read_hetrec_artist_tags(&a.input)?;
-    let mut rows: Vec<(&String, &Vec<String>)> = tags.iter().collect();
+    let catalogue = a.data.as_deref().map(crate::data::load).transpose()?;
+    let mut rows: Vec<(&String, &Vec<String>)> = tags
+        .iter()
+        .filter(|(id, _)| catalogue.as_ref().is_none_or(|ds| ds.items.get(id).is_some()))
+        .collect();
     rows.sort_by(|x, y| natural_key(x.0).cmp(&natural_key(y.0)));
     write_atomic(&a.out, |w| {
         use std::io::Write;
