@@ -18,10 +18,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use encore_data::features::FeatureTable;
 use indicatif::ProgressBar;
 use serde::Deserialize;
-use tokenizers::{
-    PaddingParams, PostProcessor, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
-};
+use tokenizers::{Encoding, PaddingParams, PostProcessor, Tokenizer, TruncationDirection};
 
 use crate::error::{Result, TextError};
 use crate::options::{EmbedOptions, Pooling};
@@ -62,6 +59,8 @@ pub struct TextEncoder {
     dir: PathBuf,
     dim: usize,
     max_length: usize,
+    /// Special tokens the tokenizer adds to a single text ([CLS] and [SEP] for BERT).
+    special: usize,
     pad_id: u32,
     opts: EmbedOptions,
     device: Device,
@@ -162,15 +161,13 @@ impl TextEncoder {
                 ),
             ));
         }
+        // Truncation is done by `encode` (so that it can be counted exactly) and padding by
+        // `forward`; the settings stored in tokenizer.json (MiniLM's: 128 tokens, fixed
+        // padding) are not sentence-transformers' and are dropped.
         tokenizer.with_padding(None::<PaddingParams>);
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| TextError::parameter("max_length", e.to_string()))?;
+            .with_truncation(None)
+            .map_err(|e| TextError::format(&tok_path, e.to_string()))?;
         let tok_vocab = tokenizer.get_vocab_size(true);
         if tok_vocab > config.vocab_size {
             return Err(TextError::format(
@@ -222,6 +219,7 @@ impl TextEncoder {
             dir: dir.to_path_buf(),
             dim: config.hidden_size,
             max_length,
+            special,
             pad_id: config.pad_token_id as u32,
             opts,
             device,
@@ -257,18 +255,20 @@ impl TextEncoder {
     /// never attend to padding, and pooling skips it), and is deterministic.
     /// `progress`, if given, advances by one per text.
     pub fn embed(&self, texts: &[&str], progress: Option<&ProgressBar>) -> Result<Embeddings> {
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(texts.to_vec(), true)
-            .map_err(|e| self.encode_error(format!("tokenizing: {e}")))?;
-        let truncated = encodings
-            .iter()
-            .filter(|e| !e.get_overflowing().is_empty())
-            .count();
+        let (encodings, truncated) = self.encode(texts)?;
         let tokens: Vec<(&[u32], &[u32])> = encodings
             .iter()
             .map(|e| (e.get_ids(), e.get_type_ids()))
             .collect();
+        // A BERT tokenizer always adds [CLS] and [SEP]; one without a post-processor turns an
+        // empty text into no tokens at all, which has no mean and no first token.
+        if let Some(i) = tokens.iter().position(|t| t.0.is_empty()) {
+            return Err(self.encode_error(format!(
+                "text {i} (0-based) {:?} has no tokens, and tokenizer.json adds no special \
+                 tokens to stand in for it",
+                texts[i]
+            )));
+        }
 
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| (tokens[i].0.len(), i));
@@ -357,11 +357,42 @@ impl TextEncoder {
         Ok((states.flatten_all()?.to_vec1::<f32>()?, seq))
     }
 
+    /// Tokenize texts as sentence-transformers does (Hugging Face `truncation=True`): the
+    /// text's own tokens are cut to `max_length` minus the special tokens, then the special
+    /// tokens are added. Returns the encodings and how many texts were cut.
+    ///
+    /// The truncation is done here rather than by the tokenizer because tokenizers 0.23
+    /// stops tokenizing at the limit and then no longer records that anything was cut.
+    fn encode(&self, texts: &[&str]) -> Result<(Vec<Encoding>, usize)> {
+        let content_max = self.max_length - self.special;
+        let raw = self
+            .tokenizer
+            .encode_batch_fast(texts.to_vec(), false)
+            .map_err(|e| self.encode_error(format!("tokenizing: {e}")))?;
+        let mut truncated = 0;
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, mut e) in raw.into_iter().enumerate() {
+            if e.len() > content_max {
+                truncated += 1;
+                e.truncate(content_max, 0, TruncationDirection::Right);
+                // The cut-off rest is not embedded; drop it before post-processing copies it.
+                e.take_overflowing();
+            }
+            let e = self.tokenizer.post_process(e, None, true).map_err(|err| {
+                self.encode_error(format!(
+                    "adding special tokens to text {i} (0-based): {err}"
+                ))
+            })?;
+            out.push(e);
+        }
+        Ok((out, truncated))
+    }
+
     /// Token ids and type ids of one text, as [`Self::embed`] feeds them to the model.
     #[cfg(test)]
     pub(crate) fn tokenize(&self, text: &str) -> (Vec<u32>, Vec<u32>) {
-        let e = self.tokenizer.encode_fast(text, true).unwrap();
-        (e.get_ids().to_vec(), e.get_type_ids().to_vec())
+        let (e, _) = self.encode(&[text]).unwrap();
+        (e[0].get_ids().to_vec(), e[0].get_type_ids().to_vec())
     }
 
     fn encode_error(&self, message: String) -> TextError {
@@ -878,6 +909,35 @@ mod tests {
     }
 
     #[test]
+    fn tokenizer_without_special_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        write_tiny_bert(dir.path(), 7);
+        let mut tok = tiny_tokenizer();
+        tok["post_processor"] = serde_json::Value::Null;
+        write_json(&dir.path().join("tokenizer.json"), &tok);
+        let enc = TextEncoder::load(
+            dir.path(),
+            EmbedOptions {
+                pooling: Pooling::Cls,
+                max_length: Some(1),
+                ..raw()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            enc.tokenize("love rain").0,
+            vec![5],
+            "no [CLS], cut at 1 token"
+        );
+        // CLS pooling takes the first token, here the first word; max_length 1 keeps only it.
+        let e = enc.embed(&["love rain", "love"], None).unwrap();
+        assert_eq!(e.truncated, 1);
+        assert!(max_abs_diff(e.row(0), e.row(1)) < 1e-6);
+        let err = enc.embed(&["love", ""], None).unwrap_err().to_string();
+        assert!(err.contains("text 1") && err.contains("no tokens"), "{err}");
+    }
+
+    #[test]
     fn embed_table_rows_ids_and_columns() {
         let (_d, enc) = tiny(EmbedOptions::default());
         let texts: Vec<(String, String)> = [("t1", "love song"), ("t2", ""), ("t3", "blue sky")]
@@ -1074,7 +1134,7 @@ mod tests {
             &dir,
             EmbedOptions {
                 batch_size: 4,
-                ..opts
+                ..opts.clone()
             },
         )
         .unwrap();
@@ -1117,5 +1177,17 @@ mod tests {
             "{} reference sentences, lowest cosine {worst:.8}",
             refs.len()
         );
+
+        // One text per batch (no padding at all) agrees with padded batches of 4.
+        let single = TextEncoder::load(
+            &dir,
+            EmbedOptions {
+                batch_size: 1,
+                ..opts
+            },
+        )
+        .unwrap();
+        let e1 = single.embed(&texts, None).unwrap();
+        assert!(max_abs_diff(&e1.values, &emb.values) < 1e-5);
     }
 }
