@@ -266,30 +266,25 @@ impl TextEncoder {
             return Err(self.encode_error(format!(
                 "text {i} (0-based) {:?} has no tokens, and tokenizer.json adds no special \
                  tokens to stand in for it",
-                texts[i]
+                texts[i].chars().take(80).collect::<String>()
             )));
         }
 
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| (tokens[i].0.len(), i));
 
-        let d = self.dim;
-        let batches: Vec<&[usize]> = order.chunks(self.opts.batch_size).collect();
-        let run = |batch: &&[usize]| -> Result<Vec<f32>> {
-            let pooled = self.embed_batch(batch, &tokens)?;
-            if let Some(pb) = progress {
-                pb.inc(batch.len() as u64);
-            }
-            Ok(pooled)
-        };
         // Batches run one after another; candle spreads each batch's matrix products over
         // rayon's pool. Running batches in parallel instead was measured no faster on 2 cores
         // (see `examples/throughput.rs` and the crate docs).
-        let pooled: Vec<Vec<f32>> = batches.iter().map(run).collect::<Result<_>>()?;
+        let d = self.dim;
         let mut values = vec![0f32; texts.len() * d];
-        for (batch, rows) in batches.iter().zip(&pooled) {
-            for (&i, row) in batch.iter().zip(rows.chunks_exact(d)) {
+        for batch in order.chunks(self.opts.batch_size) {
+            let pooled = self.embed_batch(batch, &tokens)?;
+            for (&i, row) in batch.iter().zip(pooled.chunks_exact(d)) {
                 values[i * d..(i + 1) * d].copy_from_slice(row);
+            }
+            if let Some(pb) = progress {
+                pb.inc(batch.len() as u64);
             }
         }
         Ok(Embeddings {

@@ -33,7 +33,8 @@
 //! | 256 tokens per text  | 4.7     | 5.7      | 5.6      | –        |
 //!
 //! i.e. about 1,900 tokens per CPU-second; best wall clock seen: 20.8 texts/s (2,660 tokens/s)
-//! at 128 tokens. Batching pays for short texts, while very large batches lose cache locality
+//! at 128 tokens; 512 texts of 128 tokens at the default batch size took 36.0 s wall, 33.3 s
+//! CPU (14.2 texts/s, 1,821 tokens/s, load average 7). Batching pays for short texts, while very large batches lose cache locality
 //! on long ones (the 12 x seq x seq attention scores): [`DEFAULT_BATCH_SIZE`] = 32 is at or
 //! near the best for every length. Running two batches at once on rayon (instead of one batch
 //! over both cores) was measured no faster and was dropped. At 256 tokens (lyrics are usually
