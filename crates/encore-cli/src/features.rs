@@ -171,7 +171,11 @@ fn tags_text(a: &TagsTextArgs) -> Result<()> {
     let catalogue = a.data.as_deref().map(crate::data::load).transpose()?;
     let mut rows: Vec<(&String, &Vec<String>)> = tags
         .iter()
-        .filter(|(id, _)| catalogue.as_ref().is_none_or(|ds| ds.items.get(id).is_some()))
+        .filter(|(id, _)| {
+            catalogue
+                .as_ref()
+                .is_none_or(|ds| ds.items.get(id).is_some())
+        })
         .collect();
     rows.sort_by(|x, y| natural_key(x.0).cmp(&natural_key(y.0)));
     write_atomic(&a.out, |w| {

@@ -12,8 +12,8 @@ use encore_models::ease::{Ease, EaseConfig};
 use encore_models::lightgcn::{LightGcn, LightGcnConfig};
 use encore_models::trainer::{self, TrainData, TrainOutcome};
 use encore_models::{Pop, Recommender, Trainable};
-use encore_vae::macridvae::{MacridVae, MacridVaeConfig};
 use encore_vae::conditioning::Conditioning;
+use encore_vae::macridvae::{MacridVae, MacridVaeConfig};
 use encore_vae::multivae::{MultiVae, MultiVaeConfig};
 
 /// Every model the CLI can train, in the order the demo runs them.

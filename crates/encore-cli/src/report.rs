@@ -47,7 +47,11 @@ fn read_row(dir: &std::path::Path) -> Result<Row> {
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
     let conditioning = toml::from_str::<toml::Table>(&config)
         .ok()
-        .and_then(|t| t.get("conditioning").and_then(|v| v.as_str()).map(String::from))
+        .and_then(|t| {
+            t.get("conditioning")
+                .and_then(|v| v.as_str())
+                .map(String::from)
+        })
         .unwrap_or_else(|| "none".into());
     let name = dir
         .file_name()
@@ -107,7 +111,12 @@ pub fn run(args: ReportArgs) -> Result<()> {
                     .map(|n| format!("{}", r.report.metrics.get(n).copied().unwrap_or(f64::NAN)))
                     .collect();
                 let epoch = r.best_epoch.map(|e| e.to_string()).unwrap_or_default();
-                writeln!(w, "\"{}\",{},{epoch}", r.label.replace('"', "'"), vals.join(","))?;
+                writeln!(
+                    w,
+                    "\"{}\",{},{epoch}",
+                    r.label.replace('"', "'"),
+                    vals.join(",")
+                )?;
             }
             Ok(())
         })?;

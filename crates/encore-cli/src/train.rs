@@ -177,9 +177,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             seed,
             threads: rayon::current_num_threads(),
             encore_version: env!("CARGO_PKG_VERSION").to_string(),
-            features: resolved
-                .conditioning()
-                .map(|_| args.features.clone()),
+            features: resolved.conditioning().map(|_| args.features.clone()),
         };
         if resolved.conditioning().is_none()
             && (args.features.audio.is_some() || args.features.lyrics.is_some())

@@ -529,7 +529,10 @@ fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_data(tmp.path());
     let world = tmp.path().join("world");
-    let (audio, lyrics) = (world.join("id_ivec512.tsv"), world.join("id_lyrics_bert.tsv"));
+    let (audio, lyrics) = (
+        world.join("id_ivec512.tsv"),
+        world.join("id_lyrics_bert.tsv"),
+    );
     let fused = tmp.path().join("fused.tsv");
     let out = ok(&[
         "features",
@@ -572,10 +575,18 @@ fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
     let parse = |t: &str| -> Vec<f64> {
         t.lines()
             .skip(1)
-            .flat_map(|l| l.split('\t').skip(1).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>())
+            .flat_map(|l| {
+                l.split('\t')
+                    .skip(1)
+                    .map(|v| v.parse::<f64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
-    let (a, b) = (parse(&text), parse(&std::fs::read_to_string(&again).unwrap()));
+    let (a, b) = (
+        parse(&text),
+        parse(&std::fs::read_to_string(&again).unwrap()),
+    );
     assert_eq!(a.len(), b.len());
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4));
 
@@ -629,7 +640,14 @@ fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
             "-k",
             "4",
         ]);
-        assert_eq!(recs.lines().skip(1).filter(|l| !l.trim().is_empty()).count(), 4, "{recs}");
+        assert_eq!(
+            recs.lines()
+                .skip(1)
+                .filter(|l| !l.trim().is_empty())
+                .count(),
+            4,
+            "{recs}"
+        );
     }
     // Both runs in one table, labelled with model and conditioning.
     let csv = tmp.path().join("report.csv");
@@ -641,7 +659,10 @@ fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
         "--csv",
         s(&csv),
     ]);
-    assert!(table.contains("| ndcg@10") && table.contains("macridvae, tensor"), "{table}");
+    assert!(
+        table.contains("| ndcg@10") && table.contains("macridvae, tensor"),
+        "{table}"
+    );
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3);
 
     let err = fails(&[
@@ -705,7 +726,8 @@ fn lastfm_tags_become_texts() {
 /// a MultiVAE conditioned on them. Skipped (with a message) when the model folder is absent.
 #[test]
 fn embedded_lyrics_condition_a_multivae() {
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/all-MiniLM-L6-v2");
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/models/all-MiniLM-L6-v2");
     if !model.join("model.safetensors").exists() {
         eprintln!("skipped: {} is absent", model.display());
         return;
@@ -727,7 +749,11 @@ fn embedded_lyrics_condition_a_multivae() {
     let text = std::fs::read_to_string(&emb).unwrap();
     assert_eq!(text.lines().next().unwrap().split('\t').count(), 385);
     let lyrics = std::fs::read_to_string(tmp.path().join("world/lyrics.tsv")).unwrap();
-    assert_eq!(text.lines().count(), lyrics.lines().count(), "one row per text");
+    assert_eq!(
+        text.lines().count(),
+        lyrics.lines().count(),
+        "one row per text"
+    );
     let run = tmp.path().join("run");
     ok(&[
         "train",
