@@ -1,6 +1,7 @@
 //! Encore's models (SPEC §4, MODELS.md): one [`Recommender`] trait for every model, the
 //! [`Trainable`] trait for models trained epoch by epoch, and one module per model.
 
+pub mod alloc;
 pub mod bpr;
 pub mod config;
 pub mod ease;

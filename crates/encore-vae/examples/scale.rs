@@ -1,26 +1,33 @@
-//! MultiVAE (`recbole` preset) at Music4All-Onion scale: seconds per batch of 2048 users on a
-//! random 57,000-item matrix with ~420 interactions per user (50M interactions over 119,000
-//! users), extrapolated to an epoch, next to this machine's measured GEMM throughput (the
-//! decoder's `2048 x 600 x 57000` product) and the matrix-multiply bound of an epoch.
+//! MultiVAE or MacridVAE (`recbole` presets) at Music4All-Onion scale: seconds per batch of
+//! 2048 users on a random 57,000-item matrix with ~420 interactions per user (50M interactions
+//! over 119,000 users), extrapolated to an epoch, next to this machine's measured GEMM
+//! throughput (the decoder's `2048 x 600 x 57000` product) and the matrix-multiply bound of an
+//! epoch (MacridVAE: its K-facet cosine decoder, `2 · B · d · I` per facet and pass).
 //!
 //! ```text
-//! RAYON_NUM_THREADS=1 cargo run --release -p encore-vae --example scale [-- <batches>]
+//! RAYON_NUM_THREADS=1 cargo run --release -p encore-vae --example scale [-- <batches> [multivae|macridvae]]
 //! ```
 
 use std::time::Instant;
 
 use encore_data::InteractionMatrix;
 use encore_models::{EpochContext, Trainable};
-use encore_vae::{MultiVae, MultiVaeConfig};
+use encore_vae::{MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the `encore` binary does: reuse large buffers across steps (no fresh page faults).
+    encore_models::alloc::retain_freed_memory();
     let batches: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(3);
+    let which = std::env::args().nth(2).unwrap_or_else(|| "multivae".into());
+    if which != "multivae" && which != "macridvae" {
+        return Err(format!("model: expected multivae or macridvae, got {which}").into());
+    }
     let (all_users, items, per_user, batch, hidden) = (119_000usize, 57_000u32, 420, 2048, 600);
     let users = batch * batches;
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -83,25 +90,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
     println!("gemm {m}x{k}x{n}: {best:.3} s, {gflops:.1} GFLOP/s");
 
-    let mut model = MultiVae::new(MultiVaeConfig::recbole(), items as usize)?;
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let mut progress = |_: u64| {};
-    let t = Instant::now();
-    model.train_epoch(EpochContext {
+    let ctx = EpochContext {
         train: &train,
         epoch: 0,
         rng: &mut rng,
         progress: &mut progress,
-    })?;
-    let per_batch = t.elapsed().as_secs_f64() / batches as f64;
+    };
     let steps = all_users.div_ceil(batch);
-    // Dense products per step: decoder 600 -> I (x3: forward, dW, dA), the rest is small.
-    let flop_step = 3.0 * 2.0 * (batch * hidden * items as usize) as f64
-        + 3.0 * 2.0 * (batch * hidden * 128) as f64
-        + 3.0 * 2.0 * (batch * 64 * hidden) as f64;
+    let t = Instant::now();
+    // Dense products per step (x3: forward, weight gradient, input gradient).
+    let flop_step = if which == "multivae" {
+        let mut model = MultiVae::new(MultiVaeConfig::recbole(), items as usize)?;
+        model.train_epoch(ctx)?;
+        // Decoder 600 -> I, encoder 600 -> 128, decoder 64 -> 600.
+        3.0 * 2.0 * (batch * hidden * items as usize) as f64
+            + 3.0 * 2.0 * (batch * hidden * 128) as f64
+            + 3.0 * 2.0 * (batch * 64 * hidden) as f64
+    } else {
+        let cfg = MacridVaeConfig::recbole();
+        let (kf, d) = (cfg.n_facets, cfg.latent_dim);
+        let mut model = MacridVae::new(cfg, items as usize)?;
+        model.train_epoch(ctx)?;
+        // Per facet: the cosine decoder B x d x I, and the encoder's 600 -> 2d layer.
+        kf as f64
+            * (3.0 * 2.0 * (batch * d * items as usize) as f64
+                + 3.0 * 2.0 * (batch * hidden * 2 * d) as f64)
+    };
+    let per_batch = t.elapsed().as_secs_f64() / batches as f64;
     let bound = flop_step * steps as f64 / (gflops * 1e9);
     println!(
-        "multivae recbole: {per_batch:.2} s per batch of {batch}; epoch of {all_users} users = {steps} steps ~ {:.0} s; \
+        "{which} recbole: {per_batch:.2} s per batch of {batch}; epoch of {all_users} users = {steps} steps ~ {:.0} s; \
          matmul bound at the measured GEMM rate {:.0} s ({:.1} TFLOP/epoch), ratio {:.2}",
         per_batch * steps as f64,
         bound,
