@@ -301,40 +301,65 @@ pub struct FeatureSources {
 /// The folder of a run holding its conditioning (fused item vectors and their projection).
 pub const CONDITIONING_DIR: &str = "conditioning";
 
+/// A conditioned model's item features, fitted and ready to save into the run directory.
+pub struct BuiltConditioning {
+    pub cond: Conditioning,
+    fusion: FusionModel,
+    report: serde_json::Value,
+}
+
+impl BuiltConditioning {
+    /// Write the conditioning table, the fitted projection and a report into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.fusion.save(&dir.join("fusion.safetensors"))?;
+        crate::run::write_json(&dir.join("report.json"), &self.report)?;
+        self.cond.save(dir)?;
+        Ok(())
+    }
+}
+
 /// Build the item conditioning table of a conditioned model: read the modality tables,
 /// restrict them to the catalogue, fit the fusion `kind` to `dim` dimensions, and lay the
 /// fused vectors out by item index (items without features get none: the model skips them
-/// when pooling). The projection and a report are written into `dir`.
+/// when pooling). Nothing is written: the caller saves the result once the run exists.
 pub fn build_conditioning(
     kind: &str,
     dim: usize,
     items: &IdMap,
     sources: &FeatureSources,
     seed: u64,
-    dir: &Path,
-) -> Result<Conditioning> {
+) -> Result<BuiltConditioning> {
     let method: FusionMethod = kind
         .parse()
         .map_err(|e| anyhow::anyhow!("conditioning: {e}"))?;
-    let need_audio = matches!(
-        method,
-        FusionMethod::Audio | FusionMethod::Concat | FusionMethod::Tensor
-    );
-    let need_lyrics = matches!(
-        method,
-        FusionMethod::Lyrics | FusionMethod::Concat | FusionMethod::Tensor
-    );
+    let (need_audio, need_lyrics) = (method.needs_audio(), method.needs_lyrics());
     if need_audio && sources.audio.is_none() {
         bail!("conditioning = \"{kind}\" needs an audio feature table: pass --audio FILE (e.g. id_ivec512.tsv)");
     }
     if need_lyrics && sources.lyrics.is_none() {
         bail!("conditioning = \"{kind}\" needs a lyrics feature table: pass --lyrics FILE (e.g. id_lyrics_bert.tsv)");
     }
-    let audio = read_optional(sources.audio.as_deref().filter(|_| need_audio))?
-        .map(|t| restrict(&t, items));
-    let lyrics = read_optional(sources.lyrics.as_deref().filter(|_| need_lyrics))?
-        .map(|t| restrict(&t, items));
-    let cap = |t: &Option<FeatureTable>| t.as_ref().map_or(usize::MAX, |t| t.dim());
+    let read = |path: Option<&Path>| -> Result<Option<FeatureTable>> {
+        let Some(table) = read_optional(path)? else {
+            return Ok(None);
+        };
+        let kept = restrict(&table, items);
+        if kept.is_empty() {
+            bail!(
+                "{}: none of its {} rows has an id in the dataset's catalogue of {} items \
+                 (e.g. {:?}); is it the feature table of this dataset?",
+                table.source.display(),
+                table.len(),
+                items.len(),
+                items.ids().first().map(String::as_str).unwrap_or("")
+            );
+        }
+        Ok(Some(kept))
+    };
+    let audio = read(sources.audio.as_deref().filter(|_| need_audio))?;
+    let lyrics = read(sources.lyrics.as_deref().filter(|_| need_lyrics))?;
+    let cap = |t: &Option<FeatureTable>| t.as_ref().map_or(usize::MAX, |t| t.dim().min(t.len()));
     let cfg = FusionConfig {
         method,
         dim,
@@ -343,31 +368,28 @@ pub fn build_conditioning(
         ..FusionConfig::default()
     };
     let bar = crate::progress::spinner(&format!("fitting the {kind} fusion"));
-    let (model, fused) = fuse(audio.as_ref(), lyrics.as_ref(), &cfg, Some(&bar))?;
+    let (fusion, fused) = fuse(audio.as_ref(), lyrics.as_ref(), &cfg, Some(&bar))?;
     bar.finish_and_clear();
     let aligned = fused.align(items, encore_data::features::UnknownIds::Error)?;
     let n_items = items.len();
     let with = n_items - aligned.missing();
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    model.save(&dir.join("fusion.safetensors"))?;
     let report = serde_json::json!({
         "conditioning": kind,
         "dim": dim,
+        "modality_dim": cfg.modality_dim,
         "audio": sources.audio,
         "lyrics": sources.lyrics,
         "items": n_items,
         "items_with_features": with,
-        "report": model.report().to_string(),
+        "report": fusion.report().to_string(),
     });
-    crate::run::write_json(&dir.join("report.json"), &report)?;
     eprintln!(
         "conditioning `{kind}`: {with} of {n_items} items have features\n{}",
-        model.report()
+        fusion.report()
     );
-    Ok(Conditioning::new(
-        n_items,
-        aligned.dim,
-        aligned.values,
-        aligned.present,
-    )?)
+    Ok(BuiltConditioning {
+        cond: Conditioning::new(n_items, aligned.dim, aligned.values, aligned.present)?,
+        fusion,
+        report,
+    })
 }

@@ -132,7 +132,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             .out
             .as_deref()
             .is_some_and(|d| d.join("run.json").exists());
-    let (run_dir, split, resolved, dataset) = if resuming {
+    let (run_dir, split, resolved, built) = if resuming {
         let run_dir = args.out.clone().expect("--resume requires --out");
         let loaded = run::load(&run_dir)?;
         if loaded.info.model != args.model {
@@ -158,7 +158,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
                 );
             }
         }
-        (run_dir, loaded.split, resolved, loaded.dataset)
+        (run_dir, loaded.split, resolved, None)
     } else {
         let resolved = models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
         let (dataset, split) = dataset_and_split(args, seed)?;
@@ -187,31 +187,30 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
                  --set conditioning=tensor (multivae, macridvae)"
             );
         }
+        let built = resolved
+            .conditioning()
+            .map(|(kind, dim)| {
+                crate::features::build_conditioning(kind, dim, &dataset.items, &args.features, seed)
+            })
+            .transpose()?;
         run::create(&run_dir, &info, &dataset, &split)?;
+        if let Some(b) = &built {
+            b.save(&run_dir.join(crate::features::CONDITIONING_DIR))?;
+        }
         encore_data::split::write_atomic(&run_dir.join("config.toml"), |w| {
             std::io::Write::write_all(w, resolved.to_toml().unwrap_or_default().as_bytes())
         })?;
-        (run_dir, split, resolved, dataset)
+        (run_dir, split, resolved, built)
     };
 
-    // A conditioned model's item vectors: built once per run and kept in the run directory,
+    // A conditioned model's item vectors: fitted before the run directory exists (bad feature
+    // files leave nothing behind), kept in the run directory, and loaded from there on resume
     // so that a resumed run continues with exactly the same conditioning.
     let cond_dir = run_dir.join(crate::features::CONDITIONING_DIR);
-    let cond = match resolved.conditioning() {
-        None => None,
-        Some(_) if resuming => Some(Conditioning::load(&cond_dir)?),
-        Some((kind, dim)) => {
-            let c = crate::features::build_conditioning(
-                kind,
-                dim,
-                &dataset.items,
-                &args.features,
-                seed,
-                &cond_dir,
-            )?;
-            c.save(&cond_dir)?;
-            Some(c)
-        }
+    let cond = match (resolved.conditioning(), built) {
+        (None, _) => None,
+        (Some(_), Some(b)) => Some(b.cond),
+        (Some(_), None) => Some(Conditioning::load(&cond_dir)?),
     };
 
     let start = std::time::Instant::now();

@@ -691,6 +691,28 @@ fn conditioned_vaes_fuse_train_evaluate_and_fold_in() {
         s(&tmp.path().join("r-unused")),
     ]);
     assert!(err.contains("conditioning"), "{err}");
+    // A feature table of another catalogue: a clear error, and no run directory left behind.
+    let foreign = tmp.path().join("foreign.tsv");
+    std::fs::write(&foreign, "id\ta\tb\nnot-a-track\t1\t2\n").unwrap();
+    let out = tmp.path().join("r-foreign");
+    let err = fails(&[
+        "train",
+        "--model",
+        "multivae",
+        "--data",
+        s(&data),
+        "--set",
+        "conditioning=lyrics",
+        "--lyrics",
+        s(&foreign),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        err.contains("foreign.tsv") && err.contains("catalogue"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed run left {} behind", out.display());
 }
 
 /// Last.fm-2k's text modality: each artist's tags as one text, ISO-8859-1 decoded.
