@@ -257,6 +257,9 @@ fn fuse_cmd(a: &FuseArgs) -> Result<()> {
         model.save(&fusion_path(&a.out))?;
     }
     println!("{}", model.report());
+    if let Some(w) = concat_imbalance(&model) {
+        eprintln!("{w}");
+    }
     println!(
         "wrote {} fused vectors of {} dimensions to {}{}",
         fused.len(),
@@ -269,6 +272,38 @@ fn fuse_cmd(a: &FuseArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+/// Variance ratio between the two modalities above which `concat` is effectively one of them.
+const CONCAT_IMBALANCE: f64 = 100.0;
+
+/// For a `concat` fusion: a warning when one modality's PCA'd vectors carry far more variance
+/// than the other's, so that the concatenation's PCA keeps that modality and drops the other
+/// (SPEC §3's concat has no per-modality scaling; e.g. i-vectors against unit-norm sentence
+/// embeddings differ by three orders of magnitude).
+pub fn concat_imbalance(model: &FusionModel) -> Option<String> {
+    if model.config.method != FusionMethod::Concat {
+        return None;
+    }
+    let total = |p: &Option<encore_features::Pca>| -> f64 {
+        p.as_ref()
+            .map_or(0.0, |p| p.explained_variance.iter().sum())
+    };
+    let (a, l) = (total(&model.audio), total(&model.lyrics));
+    let (big, small, ratio) = if a >= l {
+        ("audio", "lyrics", a / l)
+    } else {
+        ("lyrics", "audio", l / a)
+    };
+    (ratio > CONCAT_IMBALANCE).then(|| {
+        format!(
+            "warning: concat: the {big} vectors carry {ratio:.0}x the variance of the {small} \
+             vectors (total {:.4} vs {:.4}), so the fused vectors follow {big} almost alone; \
+             `tensor` fusion is insensitive to this scale",
+            a.max(l),
+            a.min(l)
+        )
+    })
 }
 
 /// The rows of `table` whose id is in the catalogue `items` (the PCA is fitted on the
@@ -382,7 +417,11 @@ pub fn build_conditioning(
         "items": n_items,
         "items_with_features": with,
         "report": fusion.report().to_string(),
+        "warning": concat_imbalance(&fusion),
     });
+    if let Some(w) = concat_imbalance(&fusion) {
+        eprintln!("{w}");
+    }
     eprintln!(
         "conditioning `{kind}`: {with} of {n_items} items have features\n{}",
         fusion.report()
@@ -392,4 +431,43 @@ pub fn build_conditioning(
         fusion,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 60 items x 6 columns of deterministic, uncorrelated-looking values times `scale`.
+    fn table(name: &str, scale: f32, salt: u32) -> FeatureTable {
+        let ids: Vec<String> = (0..60).map(|i| format!("t{i}")).collect();
+        let values: Vec<f32> = (0..60u32 * 6)
+            .map(|k| {
+                let h = (k.wrapping_mul(2_654_435_761) ^ salt).wrapping_mul(40_503) >> 8;
+                scale * ((h % 1000) as f32 / 1000.0 - 0.5)
+            })
+            .collect();
+        let cols = (0..6).map(|c| format!("c{c}")).collect();
+        FeatureTable::new(name, ids, cols, values).unwrap()
+    }
+
+    fn concat(audio_scale: f32) -> FusionModel {
+        let cfg = FusionConfig {
+            method: FusionMethod::Concat,
+            dim: 3,
+            modality_dim: 4,
+            ..FusionConfig::default()
+        };
+        let (a, l) = (table("a", audio_scale, 1), table("l", 1.0, 2));
+        fuse(Some(&a), Some(&l), &cfg, None).unwrap().0
+    }
+
+    #[test]
+    fn concat_warns_when_one_modality_dominates() {
+        let w = concat_imbalance(&concat(1000.0)).expect("a warning");
+        assert!(
+            w.contains("the audio vectors carry") && w.contains("tensor"),
+            "{w}"
+        );
+        assert_eq!(concat_imbalance(&concat(1.0)), None);
+    }
 }
