@@ -106,6 +106,38 @@ pub(crate) fn check_for_model(
     }
 }
 
+/// What both conditioned models check before building their weights: a non-empty catalogue
+/// and features that fit the configuration ([`check_for_model`]). Returns the width the
+/// conditioning adds to the conditioned layers ([`width`]).
+pub(crate) fn prepare_model(
+    kind: &str,
+    cond_dim: usize,
+    n_items: usize,
+    cond: Option<&Conditioning>,
+) -> Result<usize, ModelError> {
+    if n_items == 0 {
+        return Err(ModelError::Input("the catalogue is empty".into()));
+    }
+    check_for_model(kind, cond_dim, n_items, cond)?;
+    Ok(width(kind, cond_dim))
+}
+
+/// `c · W_c` for a batch of conditioning vectors `c` (`[b, cr]`) and the conditioning rows
+/// `W_c` (`[cr, o]`) of a layer's weight, into its own buffer (`[b, o]`): the caller adds it
+/// to the layer's `h · W_h`. Kept separate rather than accumulated by `gemm` into the main
+/// product, which rounds differently for one row than for many; fold-in (one row) must equal
+/// batch scoring.
+pub(crate) fn cond_product(c: &[f32], w_c: &[f32], b: usize, cr: usize, o: usize) -> Vec<f32> {
+    let mut yc = vec![0f32; b * o];
+    crate::kernels::matmul(
+        &mut yc,
+        crate::kernels::Mat::new(c, b, cr),
+        crate::kernels::Mat::new(w_c, cr, o),
+        false,
+    );
+    yc
+}
+
 /// Fused per-item features, the source of every user's conditioning vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conditioning {

@@ -309,16 +309,12 @@ impl MacridVae {
         cond: Option<Conditioning>,
     ) -> Result<Self, ModelError> {
         config.check()?;
-        if n_items == 0 {
-            return Err(ModelError::Input("the catalogue is empty".into()));
-        }
-        conditioning::check_for_model(
+        let cd = conditioning::prepare_model(
             &config.conditioning,
             config.cond_dim,
             n_items,
             cond.as_ref(),
         )?;
-        let cd = conditioning::width(&config.conditioning, config.cond_dim);
         let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
         let (k, d) = (config.n_facets, config.latent_dim);
         let de = d + cd;

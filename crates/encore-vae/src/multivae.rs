@@ -313,16 +313,8 @@ impl MultiVae {
             false,
         );
         if cr > 0 {
-            // Into its own buffer, then added: `gemm` accumulating into `y` rounds differently
-            // for one row than for many, and fold-in (one row) must equal batch scoring.
             let c = cond.expect("a conditioned model scores with conditioning vectors");
-            let mut yc = vec![0f32; b * o];
-            matmul(
-                &mut yc,
-                Mat::new(c, b, cr),
-                Mat::new(&w[ih * o..], cr, o),
-                false,
-            );
+            let yc = conditioning::cond_product(c, &w[ih * o..], b, cr, o);
             y.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
         }
         add_bias(&mut y, &p[2 * l + 1].data);
@@ -547,16 +539,12 @@ impl MultiVae {
         cond: Option<Conditioning>,
     ) -> Result<Self, ModelError> {
         config.check()?;
-        if n_items == 0 {
-            return Err(ModelError::Input("the catalogue is empty".into()));
-        }
-        conditioning::check_for_model(
+        let cd = conditioning::prepare_model(
             &config.conditioning,
             config.cond_dim,
             n_items,
             cond.as_ref(),
         )?;
-        let cd = conditioning::width(&config.conditioning, config.cond_dim);
         let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
         let d = config.latent_dim;
         let mut enc = vec![n_items];

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::{MacridVae, Noise, StepLoss};
 use crate::common::SparseBatch;
+use crate::conditioning;
 use crate::kernels::{
     add_bias, col_sums, exp, matmul, row_chunk, tanh_backward, tanh_inplace, Csr, Mat,
 };
@@ -219,13 +220,7 @@ impl MacridVae {
             );
             if cr > 0 {
                 let cv = cond.expect("a conditioned model runs with conditioning vectors");
-                let mut yc = vec![0f32; b * o];
-                matmul(
-                    &mut yc,
-                    Mat::new(cv, b, cr),
-                    Mat::new(&w[ih * o..], cr, o),
-                    false,
-                );
+                let yc = conditioning::cond_product(cv, &w[ih * o..], b, cr, o);
                 y.par_chunks_mut(b * o).for_each(|yf| {
                     yf.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
                 });
