@@ -148,5 +148,6 @@ pub fn dataset_from_split(name: &str, loaded: &encore_data::split::LoadedSplit) 
         matrix: s.input.union(&s.valid).union(&s.test),
         timestamps: None,
         item_names: None,
+        source_order: None,
     }
 }

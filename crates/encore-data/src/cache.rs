@@ -4,8 +4,10 @@
 //! Layout (all integers little-endian):
 //! ```text
 //! magic "ENCOREDS" | version u32 | header length u64 | header (JSON: name, ids, names, shape)
-//! | indptr u64 x (users+1) | indices u32 x nnz | [timestamps i64 x nnz] | blake3 of all before (32 bytes)
+//! | indptr u64 x (users+1) | indices u32 x nnz | [timestamps i64 x nnz]
+//! | [source order u32 x nnz] | blake3 of all before (32 bytes)
 //! ```
+//! Version 1 files (no source order) still load, without a source order.
 //! The arrays are raw so that loading is a `read_exact` per array; the trailing hash catches
 //! truncated or corrupted files with a clear error instead of a wrong dataset. Written through a
 //! temporary file and renamed, so a crash never leaves a half-written cache.
@@ -19,7 +21,7 @@ use crate::split::write_atomic;
 use crate::{DataError, Dataset, IdMap, InteractionMatrix, Result};
 
 const MAGIC: &[u8; 8] = b"ENCOREDS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -29,6 +31,8 @@ struct Header {
     item_names: Option<Vec<String>>,
     nnz: u64,
     has_timestamps: bool,
+    #[serde(default)]
+    has_source_order: bool,
 }
 
 /// Write `dataset` to `path` atomically.
@@ -40,6 +44,7 @@ pub fn save(dataset: &Dataset, path: &Path) -> Result<()> {
         item_names: dataset.item_names.clone(),
         nnz: dataset.matrix.nnz() as u64,
         has_timestamps: dataset.timestamps.is_some(),
+        has_source_order: dataset.source_order.is_some(),
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
     write_atomic(path, |w| {
@@ -55,6 +60,9 @@ pub fn save(dataset: &Dataset, path: &Path) -> Result<()> {
         write_le(&mut hw, dataset.matrix.indices())?;
         if let Some(ts) = &dataset.timestamps {
             write_le(&mut hw, ts)?;
+        }
+        if let Some(order) = &dataset.source_order {
+            write_le(&mut hw, order)?;
         }
         let digest = hw.hasher.finalize();
         hw.inner.write_all(digest.as_bytes())
@@ -87,7 +95,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
     let mut word = [0u8; 4];
     r.read_exact(&mut word).map_err(truncated)?;
     let version = u32::from_le_bytes(word);
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(bad(&format!(
             "cache format version {version}, this build reads version {VERSION}; re-run `encore data import`"
         )));
@@ -115,6 +123,11 @@ pub fn load(path: &Path) -> Result<Dataset> {
         } else {
             0
         }
+        + if header.has_source_order {
+            4 * header.nnz
+        } else {
+            0
+        }
         + 32;
     if expected != file_len {
         return Err(bad(&format!(
@@ -125,6 +138,19 @@ pub fn load(path: &Path) -> Result<Dataset> {
     let indices: Vec<u32> = read_le(&mut r, header.nnz as usize).map_err(truncated)?;
     let timestamps = if header.has_timestamps {
         Some(read_le::<i64, _>(&mut r, header.nnz as usize).map_err(truncated)?)
+    } else {
+        None
+    };
+    let source_order = if header.has_source_order {
+        let order = read_le::<u32, _>(&mut r, header.nnz as usize).map_err(truncated)?;
+        let mut seen = vec![false; order.len()];
+        for &p in &order {
+            match seen.get_mut(p as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err(bad("the source order is not a permutation")),
+            }
+        }
+        Some(order)
     } else {
         None
     };
@@ -156,6 +182,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
         matrix,
         timestamps,
         item_names: header.item_names,
+        source_order,
     })
 }
 

@@ -26,6 +26,10 @@ pub struct Dataset {
     pub timestamps: Option<Vec<i64>>,
     /// Human-readable item names (title, "artist - song"), by item index, where known.
     pub item_names: Option<Vec<String>>,
+    /// For each stored interaction, aligned with `matrix.indices()`, its position (0..nnz) in
+    /// the order the interactions were read (a merged duplicate counts at its kept row).
+    /// RecBole shuffles interactions in file order, so reproducing its split needs this.
+    pub source_order: Option<Vec<u32>>,
 }
 
 /// How raw interactions become a dataset.
@@ -107,6 +111,13 @@ impl DatasetBuilder {
             }
             _ => {}
         }
+        if self.user_of.len() >= u32::MAX as usize {
+            return Err(DataError::Other(format!(
+                "row {}: more than {} interactions are not supported",
+                self.report.rows_read,
+                u32::MAX
+            )));
+        }
         let u = self.users.intern(r.user);
         let i = self.items.intern(r.item);
         self.user_of.push(u);
@@ -148,9 +159,12 @@ impl DatasetBuilder {
         let mut fill = indptr.clone();
         let mut indices = vec![0u32; user_of.len()];
         let mut times = vec![0i64; if with_ts { user_of.len() } else { 0 }];
+        // Read position of each kept row (4 bytes per row; u32 is enough: see `push`).
+        let mut read_at = vec![0u32; user_of.len()];
         for (k, &u) in user_of.iter().enumerate() {
             let p = &mut fill[u as usize];
             indices[*p as usize] = item_of[k];
+            read_at[*p as usize] = k as u32;
             if with_ts {
                 times[*p as usize] = timestamps[k];
             }
@@ -159,14 +173,16 @@ impl DatasetBuilder {
         drop((user_of, item_of, timestamps, fill));
         let mut row_ptr = vec![0u64; n_users + 1];
         let mut write = 0usize;
-        let mut scratch: Vec<(u32, i64)> = Vec::new();
+        let mut scratch: Vec<(u32, i64, u32)> = Vec::new();
         for u in 0..n_users {
             let (a, b) = (indptr[u] as usize, indptr[u + 1] as usize);
             scratch.clear();
-            scratch.extend((a..b).map(|k| (indices[k], if with_ts { times[k] } else { 0 })));
+            scratch.extend(
+                (a..b).map(|k| (indices[k], if with_ts { times[k] } else { 0 }, read_at[k])),
+            );
             scratch.sort_unstable();
             let mut last = None;
-            for &(i, t) in &scratch {
+            for &(i, t, r) in &scratch {
                 if last == Some(i) {
                     report.duplicates_merged += 1;
                     continue;
@@ -175,6 +191,7 @@ impl DatasetBuilder {
                 // `write <= a + (position in row)`: compaction never overtakes the reads,
                 // and this row was copied into `scratch` before any write to it.
                 indices[write] = i;
+                read_at[write] = r;
                 if with_ts {
                     times[write] = t;
                 }
@@ -185,6 +202,8 @@ impl DatasetBuilder {
         drop(scratch);
         indices.truncate(write);
         indices.shrink_to_fit();
+        read_at.truncate(write);
+        read_at.shrink_to_fit();
         if with_ts {
             times.truncate(write);
             times.shrink_to_fit();
@@ -192,6 +211,7 @@ impl DatasetBuilder {
         let mut matrix = InteractionMatrix::from_csr(n_users, n_items, row_ptr, indices)
             .expect("rows built sorted and unique");
         let mut timestamps = with_ts.then_some(times);
+        let mut read_at = Some(read_at);
 
         // Iterative k-core: drop users and items below their minimum until stable.
         let (ku, ki) = (opts.min_user_interactions, opts.min_item_interactions);
@@ -234,8 +254,10 @@ impl DatasetBuilder {
             let user_map = users.retain(&keep_user);
             let item_map = items.retain(&keep_item);
             let (m, t) = filter_matrix(&matrix, timestamps.as_deref(), &user_map, &item_map);
+            let (_, r) = filter_matrix(&matrix, read_at.as_deref(), &user_map, &item_map);
             matrix = m;
             timestamps = t;
+            read_at = r;
             report.kcore_removed_users = before.0 - matrix.n_users();
             report.kcore_removed_items = before.1 - matrix.n_items();
             report.kcore_removed_interactions = before.2 - matrix.nnz();
@@ -248,18 +270,37 @@ impl DatasetBuilder {
             matrix,
             timestamps,
             item_names: None,
+            source_order: read_at.map(|r| dense_ranks(&r)),
         };
         (dataset, report)
     }
 }
 
-/// Keep the rows and columns whose new index is not `u32::MAX`, renumbered.
-fn filter_matrix(
+/// Replace each value by its rank among `values` (all distinct): positions 0..n in the same
+/// order. A counting pass over the value range, not a sort: the values are read positions.
+fn dense_ranks(values: &[u32]) -> Vec<u32> {
+    let top = values.iter().max().map_or(0, |&m| m as usize + 1);
+    let mut rank = vec![0u32; top];
+    for &v in values {
+        rank[v as usize] = 1;
+    }
+    let mut next = 0u32;
+    for r in rank.iter_mut() {
+        let present = *r;
+        *r = next;
+        next += present;
+    }
+    values.iter().map(|&v| rank[v as usize]).collect()
+}
+
+/// Keep the rows and columns whose new index is not `u32::MAX`, with `values` (aligned with
+/// the stored interactions: timestamps, read positions) filtered alike.
+fn filter_matrix<T: Copy>(
     m: &InteractionMatrix,
-    timestamps: Option<&[i64]>,
+    timestamps: Option<&[T]>,
     user_map: &[u32],
     item_map: &[u32],
-) -> (InteractionMatrix, Option<Vec<i64>>) {
+) -> (InteractionMatrix, Option<Vec<T>>) {
     let n_users = user_map.iter().filter(|&&x| x != u32::MAX).count();
     let n_items = item_map.iter().filter(|&&x| x != u32::MAX).count();
     let mut indptr = Vec::with_capacity(n_users + 1);

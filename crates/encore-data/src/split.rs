@@ -23,8 +23,15 @@ use crate::{DataError, Dataset, IdMap, InteractionMatrix, Result};
 #[serde(rename_all = "kebab-case")]
 pub enum SplitKind {
     /// Per-user random 80/10/10 (RecBole `RS [0.8,0.1,0.1]`, `group_by user`, random order):
-    /// what the paper's numbers were produced with.
+    /// what the paper's numbers were produced with. Each user's items are shuffled by
+    /// Encore's own per-user stream.
     Ratio,
+    /// The same 80/10/10 cut, drawn exactly as RecBole 1.2.1 draws it: `torch.manual_seed(seed)`,
+    /// `torch.randperm` over all interactions in the order they were read, then each user's
+    /// interactions in that shuffled order. With the same seed and the same interaction file
+    /// (no duplicates, the same filtering) this is RecBole's split, so one seed can be compared
+    /// with one RecBole run.
+    RatioRecbole,
     /// Strong generalisation (Liang et al. 2018): 80/10/10 of the users; each held-out user's
     /// items are cut into fold-in (model input) and targets (20%).
     Users,
@@ -40,6 +47,7 @@ impl SplitKind {
     pub fn name(self) -> &'static str {
         match self {
             SplitKind::Ratio => "ratio",
+            SplitKind::RatioRecbole => "ratio-recbole",
             SplitKind::Users => "users",
             SplitKind::Temporal => "temporal",
             SplitKind::TemporalGlobal => "temporal-global",
@@ -58,13 +66,15 @@ impl FromStr for SplitKind {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "ratio" => Ok(SplitKind::Ratio),
+            "ratio-recbole" => Ok(SplitKind::RatioRecbole),
             "users" => Ok(SplitKind::Users),
             "temporal" => Ok(SplitKind::Temporal),
             "temporal-global" => Ok(SplitKind::TemporalGlobal),
             other => Err(DataError::parameter(
                 "split",
                 format!(
-                    "unknown split `{other}`; expected ratio, users, temporal or temporal-global"
+                    "unknown split `{other}`; expected ratio, ratio-recbole, users, temporal \
+                     or temporal-global"
                 ),
             )),
         }
@@ -109,6 +119,36 @@ pub fn mix_seed(seed: u64, stream: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The largest `n` for which PyTorch's CPU `randperm` uses the algorithm [`torch_randperm`]
+/// reproduces (`n < u32::MAX / 20`); above it PyTorch switches to another one.
+pub const TORCH_RANDPERM_MAX: usize = (u32::MAX / 20) as usize - 1;
+
+/// `torch.randperm(n)` on the CPU right after `torch.manual_seed(seed)` (PyTorch 1.x-2.x):
+/// MT19937 seeded with the seed's low 32 bits, then for `i` in `0..n-1` swap `i` with
+/// `i + random() % (n - i)`, `random()` being the generator's next 32-bit output.
+///
+/// Written here on top of `rand_mt` (the reference Mersenne Twister) because no crate
+/// reproduces PyTorch's permutation, and RecBole draws its split with it. The tests hold
+/// values printed by torch 2.5.1.
+pub fn torch_randperm(n: usize, seed: u64) -> Result<Vec<u32>> {
+    if n > TORCH_RANDPERM_MAX {
+        return Err(DataError::parameter(
+            "split",
+            format!(
+                "ratio-recbole supports up to {TORCH_RANDPERM_MAX} interactions (PyTorch \
+                 shuffles larger tensors another way); this dataset has {n}"
+            ),
+        ));
+    }
+    let mut rng = rand_mt::Mt::new(seed as u32);
+    let mut perm: Vec<u32> = (0..n as u32).collect();
+    for i in 0..n.saturating_sub(1) {
+        let z = rng.next_u32() as usize % (n - i);
+        perm.swap(i, i + z);
+    }
+    Ok(perm)
+}
+
 /// RecBole's `_calcu_split_ids` for ratios `[0.8, 0.1, 0.1]`: valid and test get
 /// `floor(0.1 n)` each, train the rest; when `0 < 0.1 n < 1` and train keeps more than one
 /// interaction, test and then valid take one each from train.
@@ -141,6 +181,32 @@ impl Split {
                 items.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(seed, u as u64)));
                 items
             })),
+            SplitKind::RatioRecbole => {
+                let order = dataset.source_order.as_deref().ok_or_else(|| {
+                    DataError::parameter(
+                        "split",
+                        "the ratio-recbole split needs the order the interactions were read in, \
+                         and this dataset does not record it (re-run `encore data import`)",
+                    )
+                })?;
+                let perm = torch_randperm(m.nnz(), seed)?;
+                // `slot[p]`: where the interaction read at position p lands after the shuffle.
+                let mut slot = vec![0u32; perm.len()];
+                for (j, &p) in perm.iter().enumerate() {
+                    slot[p as usize] = j as u32;
+                }
+                let indptr = m.indptr();
+                Ok(Self::per_user(m, kind, seed, |u, row| {
+                    let at = &order[indptr[u] as usize..indptr[u + 1] as usize];
+                    let mut keyed: Vec<(u32, u32)> = at
+                        .iter()
+                        .zip(row)
+                        .map(|(&p, &i)| (slot[p as usize], i))
+                        .collect();
+                    keyed.sort_unstable();
+                    keyed.into_iter().map(|(_, i)| i).collect()
+                }))
+            }
             SplitKind::Temporal => {
                 let ts = dataset.timestamps.as_deref().ok_or_else(|| {
                     DataError::parameter(
@@ -566,6 +632,37 @@ mod tests {
         Dataset::from_records("t", records, &PrepareOptions::default())
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn torch_randperm_matches_pytorch() {
+        // Printed by torch 2.5.1: `torch.manual_seed(s); torch.randperm(n).tolist()`.
+        assert_eq!(
+            torch_randperm(10, 2020).unwrap(),
+            [0, 7, 5, 4, 2, 6, 1, 8, 9, 3]
+        );
+        assert_eq!(
+            torch_randperm(10, 0).unwrap(),
+            [4, 1, 7, 5, 3, 9, 0, 8, 6, 2]
+        );
+        // torch keeps the low 32 bits of a larger seed.
+        assert_eq!(
+            torch_randperm(10, (1 << 32) + 5).unwrap(),
+            [1, 4, 9, 6, 3, 5, 0, 2, 8, 7]
+        );
+        let p = torch_randperm(100_000, 2020).unwrap();
+        assert_eq!(p[..8], [26720, 6370, 64853, 5713, 27935, 8431, 95557, 4967]);
+        assert_eq!(p[p.len() - 4..], [27202, 54231, 30600, 10094]);
+        // `int((p * torch.arange(100000)).sum())`: checks every position.
+        let weighted: u64 = p
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| i as u64 * v as u64)
+            .sum();
+        assert_eq!(weighted, 249_799_424_245_343);
+        assert_eq!(torch_randperm(1, 7).unwrap(), [0]);
+        assert!(torch_randperm(0, 7).unwrap().is_empty());
+        assert!(torch_randperm(TORCH_RANDPERM_MAX + 1, 7).is_err());
     }
 
     #[test]
