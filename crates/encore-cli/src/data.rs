@@ -51,7 +51,8 @@ pub enum DataCommand {
         /// A prepared dataset directory.
         #[arg(long)]
         data: PathBuf,
-        /// ratio, users, temporal or temporal-global.
+        /// ratio, ratio-recbole (RecBole 1.2.1's exact split for the seed), users, temporal or
+        /// temporal-global.
         #[arg(long, default_value = "ratio")]
         split: String,
         #[arg(long, default_value_t = 2020)]

@@ -34,7 +34,8 @@ pub struct TrainArgs {
     /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Split protocol: ratio, users, temporal or temporal-global.
+    /// Split protocol: ratio, ratio-recbole (RecBole 1.2.1's exact split for the seed),
+    /// users, temporal or temporal-global.
     #[arg(long, conflicts_with = "split_dir")]
     pub split: Option<String>,
     /// Train and evaluate on a saved split directory (train.tsv, valid.tsv, test.tsv, split.json).

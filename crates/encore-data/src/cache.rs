@@ -142,15 +142,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
         None
     };
     let source_order = if header.has_source_order {
-        let order = read_le::<u32, _>(&mut r, header.nnz as usize).map_err(truncated)?;
-        let mut seen = vec![false; order.len()];
-        for &p in &order {
-            match seen.get_mut(p as usize) {
-                Some(s) if !*s => *s = true,
-                _ => return Err(bad("the source order is not a permutation")),
-            }
-        }
-        Some(order)
+        Some(read_le::<u32, _>(&mut r, header.nnz as usize).map_err(truncated)?)
     } else {
         None
     };
@@ -161,6 +153,15 @@ pub fn load(path: &Path) -> Result<Dataset> {
         return Err(bad(
             "checksum mismatch: the cache is corrupted; re-run `encore data import`",
         ));
+    }
+    if let Some(order) = &source_order {
+        let mut seen = vec![false; order.len()];
+        for &p in order {
+            match seen.get_mut(p as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err(bad("the source order is not a permutation")),
+            }
+        }
     }
     let matrix = InteractionMatrix::from_csr(n_users, n_items, indptr, indices)
         .map_err(|m| bad(&format!("invalid matrix: {m}")))?;
@@ -278,6 +279,24 @@ mod tests {
             assert_eq!(back.users.get("u3"), ds.users.get("u3"));
             assert_eq!(back.fingerprint(), ds.fingerprint());
         }
+    }
+
+    #[test]
+    fn version_1_caches_load_without_a_source_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.bin");
+        let mut ds = sample(true);
+        ds.source_order = None;
+        save(&ds, &path).unwrap();
+        // A version-1 file is this file with version 1 (its header lacks the new flag, which
+        // defaults to false) and the checksum over it.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let body = bytes.len() - 32;
+        let digest = blake3::hash(&bytes[..body]);
+        bytes[body..].copy_from_slice(digest.as_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(load(&path).unwrap(), ds);
     }
 
     #[test]

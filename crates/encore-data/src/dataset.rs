@@ -572,6 +572,64 @@ mod tests {
     }
 
     #[test]
+    fn source_order_follows_the_rows_read_through_duplicates_and_kcore() {
+        // Rows: (u1,a) (u2,b) (u1,b) (u1,a dup) (u3,a) (u2,a)
+        let rows = [
+            ("u1", "a"),
+            ("u2", "b"),
+            ("u1", "b"),
+            ("u1", "a"),
+            ("u3", "a"),
+            ("u2", "a"),
+        ];
+        let (ds, _) = Dataset::from_records(
+            "t",
+            rows.iter().map(|&(u, i)| rec(u, i, 1.0)),
+            &Default::default(),
+        )
+        .unwrap();
+        let read_order = |ds: &Dataset| {
+            let order = ds.source_order.as_ref().unwrap();
+            let mut pairs = vec![(String::new(), String::new()); order.len()];
+            for u in 0..ds.matrix.n_users() {
+                let start = ds.matrix.indptr()[u] as usize;
+                for (k, &i) in ds.matrix.row(u).iter().enumerate() {
+                    pairs[order[start + k] as usize] =
+                        (ds.users.id(u as u32).to_owned(), ds.items.id(i).to_owned());
+                }
+            }
+            pairs
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|&(u, i)| (u.to_owned(), i.to_owned()))
+                .collect()
+        };
+        // The duplicate merges into its first row; the positions stay 0..nnz.
+        assert_eq!(
+            read_order(&ds),
+            pairs(&[
+                ("u1", "a"),
+                ("u2", "b"),
+                ("u1", "b"),
+                ("u3", "a"),
+                ("u2", "a")
+            ])
+        );
+        // A 2-core drops u3; the rest keep their relative order, renumbered.
+        let opts = PrepareOptions {
+            min_user_interactions: 2,
+            ..Default::default()
+        };
+        let (ds, _) =
+            Dataset::from_records("t", rows.iter().map(|&(u, i)| rec(u, i, 1.0)), &opts).unwrap();
+        assert_eq!(
+            read_order(&ds),
+            pairs(&[("u1", "a"), ("u2", "b"), ("u1", "b"), ("u2", "a")])
+        );
+    }
+
+    #[test]
     fn duplicate_pairs_keep_the_earliest_time() {
         let rows = [
             Record {

@@ -677,6 +677,53 @@ mod tests {
     }
 
     #[test]
+    fn ratio_recbole_cuts_each_user_in_torch_shuffle_order() {
+        let ds = dataset(30, 12, false);
+        let split = Split::make(&ds, SplitKind::RatioRecbole, 2020).unwrap();
+        assert_eq!(
+            split,
+            Split::make(&ds, SplitKind::RatioRecbole, 2020).unwrap()
+        );
+        // By hand: the interactions in the order they were read, shuffled by torch's
+        // permutation, grouped by user in that order and cut by `ratio_counts`.
+        let order = ds.source_order.as_ref().unwrap();
+        let mut read: Vec<(u32, u32)> = vec![(0, 0); ds.matrix.nnz()];
+        for u in 0..ds.matrix.n_users() {
+            let start = ds.matrix.indptr()[u] as usize;
+            for (k, &i) in ds.matrix.row(u).iter().enumerate() {
+                read[order[start + k] as usize] = (u as u32, i);
+            }
+        }
+        let mut per_user: Vec<Vec<u32>> = vec![Vec::new(); ds.matrix.n_users()];
+        for p in torch_randperm(read.len(), 2020).unwrap() {
+            let (u, i) = read[p as usize];
+            per_user[u as usize].push(i);
+        }
+        for (u, items) in per_user.iter().enumerate() {
+            let (a, b, _) = ratio_counts(items.len());
+            let sorted = |s: &[u32]| {
+                let mut v = s.to_vec();
+                v.sort_unstable();
+                v
+            };
+            assert_eq!(split.train.row(u), sorted(&items[..a]));
+            assert_eq!(split.valid.row(u), sorted(&items[a..a + b]));
+            assert_eq!(split.test.row(u), sorted(&items[a + b..]));
+        }
+        assert_ne!(
+            split.test,
+            Split::make(&ds, SplitKind::RatioRecbole, 2021)
+                .unwrap()
+                .test
+        );
+        // A dataset that does not know its read order cannot be split this way.
+        let mut no_order = ds.clone();
+        no_order.source_order = None;
+        let err = Split::make(&no_order, SplitKind::RatioRecbole, 2020).unwrap_err();
+        assert!(err.to_string().contains("ratio-recbole"), "{err}");
+    }
+
+    #[test]
     fn ratio_split_partitions_each_user_and_is_deterministic() {
         let ds = dataset(50, 20, false);
         let a = Split::make(&ds, SplitKind::Ratio, 2020).unwrap();

@@ -112,3 +112,52 @@ fn hetrec_lastfm_2k() {
         assert_eq!(distinct.len(), list.len());
     }
 }
+
+/// `ratio-recbole` is RecBole 1.2.1's own split. The digests are of RecBole's train / valid /
+/// test parts for ml-100k (dumped from `data_preparation` after `init_seed(seed, True)`, eval
+/// args `RS [0.8,0.1,0.1]`, `RO`, `group_by user`): blake3 of the sorted `user\titem\n` lines.
+#[test]
+fn ratio_recbole_split_is_recboles_split_of_ml_100k() {
+    use encore_data::{Dataset, PrepareOptions, Split, SplitKind};
+    let Some(dir) = shared_data("ml-100k") else {
+        return;
+    };
+    let (ds, _) = Dataset::import(
+        &InteractionFormat::RecBole,
+        &dir,
+        &PrepareOptions::default(),
+    )
+    .unwrap();
+    let expected = [
+        (
+            2020,
+            ["1ef2636f493a8159", "c07dc748ad761282", "5a9a25d0aa10eebe"],
+        ),
+        (
+            2021,
+            ["d632932e256a7cc2", "4e0009d12661167a", "82de0148bd3c4b20"],
+        ),
+        (
+            2022,
+            ["0c8ac1ffc9cc066c", "2759c1a0ffe9fe5a", "2049bbb8838dd977"],
+        ),
+    ];
+    for (seed, digests) in expected {
+        let split = Split::make(&ds, SplitKind::RatioRecbole, seed).unwrap();
+        for (part, want) in [&split.train, &split.valid, &split.test]
+            .into_iter()
+            .zip(digests)
+        {
+            let mut lines = Vec::new();
+            for u in 0..part.n_users() {
+                for &i in part.row(u) {
+                    let (user, item) = (ds.users.id(u as u32), ds.items.id(i));
+                    lines.push(format!("{user}\t{item}\n"));
+                }
+            }
+            lines.sort();
+            let digest = blake3::hash(lines.concat().as_bytes()).to_hex();
+            assert_eq!(&digest[..16], want, "seed {seed}");
+        }
+    }
+}

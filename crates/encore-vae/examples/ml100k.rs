@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! cargo run --release -p encore-vae --example ml100k -- \
-//!     <multivae|macridvae> <original|recbole> <seed>[,<seed>...] [--set key=value ...]
+//!     <multivae|macridvae> <original|recbole> <seed>[,<seed>...] [--split ratio|ratio-recbole]
+//!     [--set key=value ...]
 //! ```
 //!
 //! Data: `$ENCORE_ML100K` or `/work/shared/data/ml-100k/ml-100k.inter` (RecBole atomic file;
-//! every rating is an interaction). Split: per-user random 80/10/10 with the seed
-//! (`encore_data::Split::make(.., SplitKind::Ratio, seed)`); validation excludes the training
+//! every rating is an interaction). Split: per-user random 80/10/10 with the seed; by default
+//! `ratio-recbole`, the very split RecBole draws for that seed, so each seed compares with
+//! RecBole's run of it (`--split ratio`: Encore's own draw). Validation excludes the training
 //! items, test excludes training and validation items. The run folders go to
 //! `$TMPDIR/encore-ml100k/<model>-<preset>-<seed>/`.
 
@@ -27,7 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 3 {
         return Err(
-            "usage: ml100k <multivae|macridvae> <original|recbole> <seeds> [--set k=v ...]".into(),
+            "usage: ml100k <multivae|macridvae> <original|recbole> <seeds> [--split S] [--set k=v ...]"
+                .into(),
         );
     }
     let (model, preset) = (args[0].as_str(), args[1].as_str());
@@ -36,10 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|s| s.parse())
         .collect::<Result<_, _>>()?;
     let mut sets = vec![format!("preset={preset}")];
+    let mut split_kind = SplitKind::RatioRecbole;
     let mut rest = args[3..].iter();
     while let Some(a) = rest.next() {
         if a == "--set" {
             sets.push(rest.next().ok_or("--set needs key=value")?.clone());
+        } else if a == "--split" {
+            split_kind = rest.next().ok_or("--split needs a split name")?.parse()?;
         } else {
             return Err(format!("unexpected argument `{a}`").into());
         }
@@ -62,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut ndcgs = Vec::new();
     for &seed in &seeds {
-        let split = Split::make(&dataset, SplitKind::Ratio, seed)?;
+        let split = Split::make(&dataset, split_kind, seed)?;
         // The seed draws the split, the initial weights and the training stream, unless
         // `--set init_seed=..` / `--set train.seed=..` fix the latter two (to tell the split's
         // share of the variance from the training randomness's).
