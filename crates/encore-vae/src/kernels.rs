@@ -201,15 +201,30 @@ pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
     s
 }
 
-/// `y += v · w`, compiled for AVX2+FMA when the CPU has it (the crate is built for baseline
-/// x86-64, where these loops get 4-wide SSE2; the sparse layers spend most of their time here).
+/// `y += v · w`, compiled for AVX-512 or AVX2 when the CPU has it (the crate is built for
+/// baseline x86-64, where these loops get 4-wide SSE2; the sparse layers spend most of their
+/// time here). Each element is one multiply and one add whatever the width, so every path
+/// gives the same bits.
 #[inline]
 fn axpy(y: &mut [f32], v: f32, w: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { axpy_avx512(y, v, w) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the features were just detected.
         return unsafe { axpy_avx2(y, v, w) };
     }
+    for (y, w) in y.iter_mut().zip(w) {
+        *y += v * w;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn axpy_avx512(y: &mut [f32], v: f32, w: &[f32]) {
     for (y, w) in y.iter_mut().zip(w) {
         *y += v * w;
     }
