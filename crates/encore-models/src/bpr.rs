@@ -1417,6 +1417,10 @@ mod ml100k {
     const DATA: &str = "/work/shared/data/ml-100k/ml-100k.inter";
 
     fn split() -> Option<Split> {
+        split_of(SplitKind::Ratio)
+    }
+
+    fn split_of(kind: SplitKind) -> Option<Split> {
         let path = Path::new(DATA);
         if !path.exists() {
             eprintln!("{DATA} is absent: skipping");
@@ -1428,7 +1432,24 @@ mod ml100k {
             &PrepareOptions::default(),
         )
         .unwrap();
-        Some(Split::make(&ds, SplitKind::Ratio, 2020).unwrap())
+        Some(Split::make(&ds, kind, 2020).unwrap())
+    }
+
+    /// EASE is a closed form, so on RecBole's own split (`ratio-recbole`) it must give
+    /// RecBole 1.2.1's test metrics (PEERS.md, seed 2020) to the digits RecBole prints: this
+    /// checks the split, the exclusions and all four metric definitions at once.
+    #[test]
+    fn ease_on_recboles_own_split_gives_recboles_metrics() {
+        let Some(split) = split_of(SplitKind::RatioRecbole) else {
+            return;
+        };
+        let ease = Ease::fit(&split.train, &EaseConfig::preset(Preset::Recbole)).unwrap();
+        let m = ndcg(&ease, &split, true);
+        let r4 = |k: &str| (m[k] * 1e4).round() / 1e4;
+        assert_eq!(
+            [r4("ndcg@10"), r4("mrr@10"), r4("recall@10"), r4("hit@10")],
+            [0.3295, 0.5277, 0.2805, 0.8197]
+        );
     }
 
     fn ndcg(model: &dyn Recommender, split: &Split, test: bool) -> BTreeMap<String, f64> {
