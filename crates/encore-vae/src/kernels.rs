@@ -17,7 +17,9 @@
 //! parallelises over output blocks, never over the inner dimension (a test checks 1 vs 4
 //! threads bit for bit); row-wise passes are parallel over rows; the scatter-add of the
 //! first layer's weight gradient is parallel over items, each item summing its entries in
-//! batch order; bias gradients sum rows sequentially.
+//! batch order; bias gradients sum rows sequentially. MacridVAE's facet-grouped first layer
+//! ([`FacetCsr`]) is parallel over users (forward, value gradients) and over item ranges
+//! that each walk the users in batch order (weight gradient).
 
 use rayon::prelude::*;
 
@@ -239,6 +241,7 @@ unsafe fn axpy_avx2(y: &mut [f32], v: f32, w: &[f32]) {
 }
 
 /// `<a, b>` in 8 interleaved partial sums (a fixed order), AVX2+FMA when available.
+#[cfg(test)]
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -249,6 +252,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_generic(a, b)
 }
 
+#[cfg(test)]
 #[inline(always)]
 fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
@@ -267,7 +271,7 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(test, target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_generic(a, b)
@@ -336,7 +340,9 @@ impl Csr {
         dw
     }
 
-    /// `X^T G` restricted to the value gradient: `dv_e = <W[col_e, :], G[row_e, :]>`.
+    /// `X^T G` restricted to the value gradient: `dv_e = <W[col_e, :], G[row_e, :]>` (the
+    /// reference [`FacetCsr::value_grads`] is tested against).
+    #[cfg(test)]
     pub fn value_grads(&self, w: &[f32], g: &[f32], out: usize) -> Vec<f32> {
         let mut dv = vec![0f32; self.nnz()];
         dv.par_chunks_mut(4096).enumerate().for_each(|(c, dv)| {
@@ -354,6 +360,463 @@ impl Csr {
         });
         dv
     }
+}
+
+/// Columns per register block in the facet-grouped kernels (one AVX-512 register, two AVX2).
+const LANES: usize = 16;
+
+/// The instruction set the facet-grouped kernels run on, detected once per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Generic,
+}
+
+impl Isa {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Generic
+    }
+
+    /// Most facets kept in registers at once: `G` accumulators of [`LANES`] floats, plus a
+    /// weight block and a broadcast, must fit the register file (32 zmm, 16 ymm, 16 xmm).
+    fn max_group(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 8,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => 4,
+            Isa::Generic => 2,
+        }
+    }
+}
+
+/// `k` facets split into consecutive groups of at most `max`, as even as possible (`10` with
+/// `max = 8` is `5, 5`; with `max = 4`, `4, 3, 3`): `(first facet, size)`.
+fn facet_groups(k: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = k.div_ceil(max.max(1));
+    let (base, extra) = (k / n.max(1), k % n.max(1));
+    (0..n).scan(0, move |start, g| {
+        let size = base + usize::from(g < extra);
+        let first = *start;
+        *start += size;
+        Some((first, size))
+    })
+}
+
+/// Calls `$f::<G>(args)` for a run-time group size `G` in `1..=8`.
+macro_rules! with_group {
+    ($g:expr, $f:ident($($args:expr),* $(,)?)) => {
+        match $g {
+            1 => $f::<1>($($args),*),
+            2 => $f::<2>($($args),*),
+            3 => $f::<3>($($args),*),
+            4 => $f::<4>($($args),*),
+            5 => $f::<5>($($args),*),
+            6 => $f::<6>($($args),*),
+            7 => $f::<7>($($args),*),
+            8 => $f::<8>($($args),*),
+            g => unreachable!("facet group of {g}"),
+        }
+    };
+}
+
+/// Defines `fn $name(isa: Isa, args)`: `$body` compiled for AVX-512, for AVX2+FMA and for
+/// the baseline target, the build `isa` names run. The bodies are plain arrays of
+/// multiplies and adds (never fused, whatever the width), so every build gives the same bits;
+/// everything they call must be `#[inline(always)]` to get the wider instructions.
+macro_rules! per_isa {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name(isa: Isa, $($a: $t),*) {
+            #[inline(always)]
+            fn inner($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($a: $t),*) {
+                inner($($a),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($a: $t),*) {
+                inner($($a),*)
+            }
+            match isa {
+                // SAFETY: `Isa::detect` returns `Avx512` only after detecting AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { avx512($($a),*) },
+                // SAFETY: `Isa::detect` returns `Avx2` only after detecting AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe { avx2($($a),*) },
+                Isa::Generic => inner($($a),*),
+            }
+        }
+    };
+}
+
+/// The sparse input of MacridVAE's first layer for all `K` facets of a batch, grouped by user.
+///
+/// MacridVAE feeds every user to the shared encoder `K` times, once per facet; the facets'
+/// rows share the user's item list and differ only in the values (`x_ui · C_ik`, normalised;
+/// in the `original` preset each facet has its own dropout mask). As `K · B` separate CSR rows
+/// ([`Csr`]) every first-layer weight row (600 floats) is streamed from memory `K` times per
+/// user, and the first layer's three products were a third of a training step. Here a
+/// user's entries are stored once with `K` values each (entry-major, `values[e * K + f]`; an
+/// entry dropped from facet `f` has value 0), and the kernels load each weight row once per
+/// user and apply it to a group of facets held in registers. No crate offers such a
+/// facet-grouped sparse gather (a per-user `gemm` would need the rows gathered first), so the
+/// kernels are written here as portable array code, built for AVX-512/AVX2 at run time.
+///
+/// Dense operands keep the facet-major layout of the rest of the model: row `f * B + u` is
+/// user `u`'s facet `f`. Every output element is summed in a fixed order that does not
+/// depend on the thread count (nor on the instruction set).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FacetCsr {
+    pub n_users: usize,
+    pub n_facets: usize,
+    /// User `u`'s entries are `offsets[u]..offsets[u + 1]`.
+    pub offsets: Vec<usize>,
+    pub cols: Vec<u32>,
+    /// `[nnz, K]`: entry `e`'s value in facet `f` is `values[e * K + f]`.
+    pub values: Vec<f32>,
+}
+
+impl FacetCsr {
+    pub fn nnz(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Each user's slice of `data` (`per` elements per entry), in user order.
+    fn split_per_user<'a>(&self, mut data: &'a mut [f32], per: usize) -> Vec<&'a mut [f32]> {
+        (0..self.n_users)
+            .map(|u| {
+                let (mine, rest) = std::mem::take(&mut data)
+                    .split_at_mut((self.offsets[u + 1] - self.offsets[u]) * per);
+                data = rest;
+                mine
+            })
+            .collect()
+    }
+
+    /// `Y = X W + b` for every facet: `Y` facet-major `[K * B, out]`, `W` row-major
+    /// `[n_cols, out]`, row `f * B + u` is `b + Σ_e values[e, f] · W[col_e, :]` over user
+    /// `u`'s entries in order (as [`Csr::times_dense`] on the `K * B` rows). Users in
+    /// parallel; per user, [`LANES`]-column blocks of a group of facets are accumulated in
+    /// registers while the user's entries are walked, so each weight block is loaded once per
+    /// facet group instead of once per facet.
+    pub fn times_dense(&self, w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let (k, b, out) = (self.n_facets, self.n_users, bias.len());
+        let mut y = vec![0f32; k * b * out];
+        if y.is_empty() {
+            return y;
+        }
+        // Each user's K output rows (disjoint: one in each facet's block).
+        let mut rows: Vec<Vec<&mut [f32]>> = (0..b).map(|_| Vec::with_capacity(k)).collect();
+        for facet in y.chunks_mut(b * out) {
+            for (u, row) in facet.chunks_mut(out).enumerate() {
+                rows[u].push(row);
+            }
+        }
+        let isa = Isa::detect();
+        rows.par_iter_mut().enumerate().for_each(|(u, rows)| {
+            let ents = self.offsets[u]..self.offsets[u + 1];
+            let cols = &self.cols[ents.clone()];
+            let vals = &self.values[ents.start * k..ents.end * k];
+            times_dense_user(isa, rows, w, bias, cols, vals, isa.max_group());
+        });
+        y
+    }
+
+    /// `Xᵀ G` summed over the facets, the weight gradient of [`FacetCsr::times_dense`]:
+    /// `dW[c, :] = Σ_u Σ_{e of u, col_e = c} Σ_f values[e, f] · G[f * B + u, :]`, dense
+    /// `[n_cols, out]`, `G` facet-major `[K * B, out]`. Walked user by user, so a user's `K`
+    /// gradient rows are loaded once and each entry's weight-gradient row is read and written
+    /// once (not `K` times); in parallel over fixed ranges of items, each range walking all
+    /// users in batch order, so every item sums its contributions in batch order, facets in
+    /// order, whatever the number of threads.
+    pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
+        let (k, b) = (self.n_facets, self.n_users);
+        assert_eq!(g.len(), k * b * out, "gradient size");
+        let mut dw = vec![0f32; n_cols * out];
+        if dw.is_empty() {
+            return dw;
+        }
+        // The ranges only split the work: any split gives the same sums.
+        let threads = rayon::current_num_threads();
+        let per = if threads > 1 {
+            n_cols.div_ceil(8 * threads).max(1)
+        } else {
+            n_cols
+        };
+        let isa = Isa::detect();
+        dw.par_chunks_mut(per * out)
+            .enumerate()
+            .for_each(|(chunk, dw)| {
+                let lo = chunk * per;
+                transpose_times_range(isa, dw, lo, self, g, out);
+            });
+        dw
+    }
+
+    /// The value gradient of [`FacetCsr::times_dense`]: `dv[e, f] = <W[col_e, :], G[f * B +
+    /// u, :]>` for every entry `e` of user `u`, `[nnz, K]` like `values` (dropped entries
+    /// get their gradient too; the caller ignores it). Users in parallel; per entry the weight
+    /// row is loaded from memory once and dotted with the user's `K` gradient rows (which
+    /// stay in cache for all the user's entries).
+    pub fn value_grads(&self, w: &[f32], g: &[f32], out: usize) -> Vec<f32> {
+        let (k, b) = (self.n_facets, self.n_users);
+        assert_eq!(g.len(), k * b * out, "gradient size");
+        let mut dv = vec![0f32; self.nnz() * k];
+        if dv.is_empty() {
+            return dv;
+        }
+        let isa = Isa::detect();
+        self.split_per_user(&mut dv, k)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(u, dv)| {
+                let cols = &self.cols[self.offsets[u]..self.offsets[u + 1]];
+                let grows: Vec<&[f32]> = (0..k).map(|f| &g[(f * b + u) * out..][..out]).collect();
+                value_grads_user(isa, dv, w, &grows, cols);
+            });
+        dv
+    }
+}
+
+per_isa! {
+    /// One user's rows of [`FacetCsr::times_dense`]: `rows[f] = bias + Σ_e vals[e, f] W[col_e]`.
+    fn times_dense_user(
+        rows: &mut [&mut [f32]],
+        w: &[f32],
+        bias: &[f32],
+        cols: &[u32],
+        vals: &[f32],
+        max_group: usize,
+    ) {
+        for (g0, g) in facet_groups(rows.len(), max_group) {
+            with_group!(g, times_dense_group(&mut rows[g0..], g0, w, bias, cols, vals));
+        }
+    }
+}
+
+/// [`times_dense_user`] for facets `g0..g0 + G` (`rows` starts at facet `g0`).
+#[inline(always)]
+fn times_dense_group<const G: usize>(
+    rows: &mut [&mut [f32]],
+    g0: usize,
+    w: &[f32],
+    bias: &[f32],
+    cols: &[u32],
+    vals: &[f32],
+) {
+    let out = bias.len();
+    let mut j = 0;
+    while j + LANES <= out {
+        times_dense_block::<G, LANES>(rows, g0, w, bias, cols, vals, j);
+        j += LANES;
+    }
+    // The tail: one block ending at `out` if the row is that wide (it recomputes some columns,
+    // with the same operations, so the same values), else column by column.
+    if j < out {
+        if out >= LANES {
+            times_dense_block::<G, LANES>(rows, g0, w, bias, cols, vals, out - LANES);
+        } else {
+            for j in j..out {
+                times_dense_block::<G, 1>(rows, g0, w, bias, cols, vals, j);
+            }
+        }
+    }
+}
+
+/// Columns `j..j + C` of facets `g0..g0 + G`, accumulated in registers over the entries.
+#[inline(always)]
+fn times_dense_block<const G: usize, const C: usize>(
+    rows: &mut [&mut [f32]],
+    g0: usize,
+    w: &[f32],
+    bias: &[f32],
+    cols: &[u32],
+    vals: &[f32],
+    j: usize,
+) {
+    let out = bias.len();
+    let k = vals.len() / cols.len().max(1);
+    let b: &[f32; C] = bias[j..j + C].try_into().expect("C columns");
+    let mut acc = [*b; G];
+    for (e, &c) in cols.iter().enumerate() {
+        let wr: &[f32; C] = w[c as usize * out + j..][..C]
+            .try_into()
+            .expect("C columns");
+        let v: &[f32; G] = vals[e * k + g0..][..G].try_into().expect("G facets");
+        for g in 0..G {
+            for l in 0..C {
+                acc[g][l] += v[g] * wr[l];
+            }
+        }
+    }
+    for (row, acc) in rows.iter_mut().zip(&acc) {
+        row[j..j + C].copy_from_slice(acc);
+    }
+}
+
+per_isa! {
+    /// The items `lo..lo + dw.len() / out` of [`FacetCsr::transpose_times`].
+    fn transpose_times_range(dw: &mut [f32], lo: usize, x: &FacetCsr, g: &[f32], out: usize) {
+        let (k, b) = (x.n_facets, x.n_users);
+        let hi = lo + dw.len() / out;
+        let mut grows: Vec<&[f32]> = Vec::with_capacity(k);
+        for u in 0..b {
+            let ents = x.offsets[u]..x.offsets[u + 1];
+            if !x.cols[ents.clone()].iter().any(|&c| (lo..hi).contains(&(c as usize))) {
+                continue;
+            }
+            grows.clear();
+            grows.extend((0..k).map(|f| &g[(f * b + u) * out..][..out]));
+            for e in ents {
+                let c = x.cols[e] as usize;
+                if !(lo..hi).contains(&c) {
+                    continue;
+                }
+                let row = &mut dw[(c - lo) * out..][..out];
+                let v = &x.values[e * k..][..k];
+                // Wide blocks give independent add chains; then the tail in halving blocks.
+                let mut j = 0;
+                while j + 4 * LANES <= out {
+                    weight_grad_block::<{ 4 * LANES }>(row, v, &grows, j);
+                    j += 4 * LANES;
+                }
+                while j + LANES <= out {
+                    weight_grad_block::<LANES>(row, v, &grows, j);
+                    j += LANES;
+                }
+                if j + 8 <= out {
+                    weight_grad_block::<8>(row, v, &grows, j);
+                    j += 8;
+                }
+                if j + 4 <= out {
+                    weight_grad_block::<4>(row, v, &grows, j);
+                    j += 4;
+                }
+                for j in j..out {
+                    weight_grad_block::<1>(row, v, &grows, j);
+                }
+            }
+        }
+    }
+}
+
+/// `row[j..j + C] += Σ_f v[f] · grows[f][j..j + C]`, facets in order, in registers.
+#[inline(always)]
+fn weight_grad_block<const C: usize>(row: &mut [f32], v: &[f32], grows: &[&[f32]], j: usize) {
+    let acc: &mut [f32; C] = (&mut row[j..j + C]).try_into().expect("C columns");
+    let mut a = *acc;
+    for (&v, g) in v.iter().zip(grows) {
+        let gb: &[f32; C] = g[j..j + C].try_into().expect("C columns");
+        for l in 0..C {
+            a[l] += v * gb[l];
+        }
+    }
+    *acc = a;
+}
+
+per_isa! {
+    /// One user's [`FacetCsr::value_grads`]: `dv[e, f] = <W[col_e], grows[f]>`. The weight
+    /// row is read from memory once and stays in L1 for the `K` dots.
+    fn value_grads_user(dv: &mut [f32], w: &[f32], grows: &[&[f32]], cols: &[u32]) {
+        let k = grows.len();
+        let out = grows.first().map_or(0, |r| r.len());
+        // The `K` dots' partial sums of one entry. Reducing them in a separate pass keeps
+        // LLVM from vectorising the accumulation to suit the reduction (two lanes at a time).
+        let mut parts = vec![[[0f32; LANES]; 4]; k];
+        for (&c, dv) in cols.iter().zip(dv.chunks_exact_mut(k.max(1))) {
+            let wr = &w[c as usize * out..][..out];
+            for (p, y) in parts.iter_mut().zip(grows) {
+                *p = dot_lanes(wr, y);
+            }
+            for (d, p) in dv.iter_mut().zip(&parts) {
+                *d = sum_lanes(p);
+            }
+        }
+    }
+}
+
+/// `acc[l] += x[l] * y[l]` for the first [`LANES`] elements of `x` and `y`.
+#[inline(always)]
+fn madd(acc: &mut [f32; LANES], x: &[f32], y: &[f32]) {
+    let x: &[f32; LANES] = x[..LANES].try_into().expect("LANES");
+    let y: &[f32; LANES] = y[..LANES].try_into().expect("LANES");
+    for l in 0..LANES {
+        acc[l] += x[l] * y[l];
+    }
+}
+
+/// The partial sums of `<a, b>` (equal lengths) in `4 x LANES` accumulators: element `j`
+/// goes to sum `j % (4 * LANES)` while whole `4 * LANES` blocks last, then to `j % LANES`
+/// while whole `LANES` blocks last; the rest (fewer than `LANES`) to the second accumulator,
+/// element `n - LANES + l` to lane `l`; [`sum_lanes`] adds them up. A fixed order, whatever the instruction set. (Named accumulators, indexed
+/// only by constants, so that they stay in registers.)
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> [[f32; LANES]; 4] {
+    let n = a.len();
+    let b = &b[..n];
+    let (mut s0, mut s1, mut s2, mut s3) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let big = n / (4 * LANES) * (4 * LANES);
+    let full = n / LANES * LANES;
+    for (x, y) in a[..big]
+        .chunks_exact(4 * LANES)
+        .zip(b[..big].chunks_exact(4 * LANES))
+    {
+        madd(&mut s0, x, y);
+        madd(&mut s1, &x[LANES..], &y[LANES..]);
+        madd(&mut s2, &x[2 * LANES..], &y[2 * LANES..]);
+        madd(&mut s3, &x[3 * LANES..], &y[3 * LANES..]);
+    }
+    for (x, y) in a[big..full]
+        .chunks_exact(LANES)
+        .zip(b[big..full].chunks_exact(LANES))
+    {
+        madd(&mut s0, x, y);
+    }
+    let rem = n - full;
+    if rem > 0 && n >= LANES {
+        // The last `LANES` elements, the ones already summed masked out (× 0), so that every
+        // operation is a whole block (a partial one made LLVM vectorise two lanes at a time).
+        let mask: [f32; LANES] = std::array::from_fn(|l| f32::from(u8::from(l >= LANES - rem)));
+        let x: &[f32; LANES] = a[n - LANES..].try_into().expect("LANES");
+        let y: &[f32; LANES] = b[n - LANES..].try_into().expect("LANES");
+        for l in 0..LANES {
+            s1[l] += (x[l] * mask[l]) * y[l];
+        }
+    } else if rem > 0 {
+        let (mut xb, mut yb) = ([0f32; LANES], [0f32; LANES]);
+        xb[..rem].copy_from_slice(&a[full..]);
+        yb[..rem].copy_from_slice(&b[full..]);
+        madd(&mut s1, &xb, &yb);
+    }
+    [s0, s1, s2, s3]
+}
+
+/// The sum of [`dot_lanes`]' partial sums: `(s0 + s1) + (s2 + s3)` lane by lane, then lane
+/// `l` plus lane `l + 8`, `l + 4`, `l + 2`, `l + 1` (halving).
+#[inline(always)]
+fn sum_lanes(s: &[[f32; LANES]; 4]) -> f32 {
+    let t: [f32; 16] = std::array::from_fn(|l| (s[0][l] + s[1][l]) + (s[2][l] + s[3][l]));
+    let t: [f32; 8] = std::array::from_fn(|l| t[l] + t[l + 8]);
+    let t: [f32; 4] = std::array::from_fn(|l| t[l] + t[l + 4]);
+    let t: [f32; 2] = std::array::from_fn(|l| t[l] + t[l + 2]);
+    t[0] + t[1]
 }
 
 #[cfg(test)]
@@ -479,5 +942,219 @@ mod tests {
         // dv_e = W[col_e] · G[row_e]: (3,4)·(1,0) = 3, (1,2)·(0,1) = 2, (5,6)·(0,1) = 6.
         assert_eq!(x.value_grads(&w, &g, 2), vec![3.0, 2.0, 6.0]);
         assert_eq!(col_sums(&g, 2), vec![1.0, 1.0]);
+    }
+
+    /// Deterministic pseudo-random numbers in `[-1, 1)` (SplitMix64).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        }
+
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n).map(|_| self.f32()).collect()
+        }
+    }
+
+    /// A random facet-grouped batch (some users empty, about 30% of the (entry, facet) values
+    /// dropped to 0, no entry dropped from every facet) and the same batch as `K * B` per-facet
+    /// CSR rows without the dropped values, with each CSR entry's `(entry, facet)`.
+    fn random_facet_batch(
+        rng: &mut Rng,
+        b: usize,
+        k: usize,
+        n_cols: usize,
+    ) -> (FacetCsr, Csr, Vec<(usize, usize)>) {
+        let mut x = FacetCsr {
+            n_users: b,
+            n_facets: k,
+            offsets: vec![0],
+            ..FacetCsr::default()
+        };
+        for u in 0..b {
+            let n = if u % 5 == 3 {
+                0
+            } else {
+                (rng.next() % 40) as usize
+            };
+            let mut items: Vec<u32> = (0..n)
+                .map(|_| (rng.next() % n_cols as u64) as u32)
+                .collect();
+            items.sort_unstable();
+            items.dedup();
+            for i in items {
+                x.cols.push(i);
+                let drop_all = rng.next() % 3;
+                for f in 0..k {
+                    let keep = rng.next() % 10 >= 3 || (drop_all == 0 && f == 0);
+                    x.values.push(if keep { rng.f32() } else { 0.0 });
+                }
+            }
+            x.offsets.push(x.cols.len());
+        }
+        let mut csr = Csr {
+            n_rows: k * b,
+            offsets: vec![0],
+            ..Csr::default()
+        };
+        let mut which = Vec::new();
+        for f in 0..k {
+            for u in 0..b {
+                for e in x.offsets[u]..x.offsets[u + 1] {
+                    let v = x.values[e * k + f];
+                    if v != 0.0 {
+                        csr.cols.push(x.cols[e]);
+                        csr.values.push(v);
+                        which.push((e, f));
+                    }
+                }
+                csr.offsets.push(csr.cols.len());
+            }
+        }
+        (x, csr, which)
+    }
+
+    /// `got` within 1e-5 of `want`, relative to `scale` (the same sums over absolute values).
+    fn assert_close(got: &[f32], want: &[f32], scale: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (j, ((g, w), s)) in got.iter().zip(want).zip(scale).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * s.max(1e-30),
+                "{what}[{j}]: {g} vs {w} (scale {s})"
+            );
+        }
+    }
+
+    #[test]
+    fn facet_groups_cover_the_facets() {
+        assert_eq!(facet_groups(10, 8).collect::<Vec<_>>(), [(0, 5), (5, 5)]);
+        assert_eq!(
+            facet_groups(10, 4).collect::<Vec<_>>(),
+            [(0, 4), (4, 3), (7, 3)]
+        );
+        assert_eq!(facet_groups(3, 8).collect::<Vec<_>>(), [(0, 3)]);
+        assert_eq!(facet_groups(0, 8).count(), 0);
+        for k in 1..30 {
+            for max in 1..=8 {
+                let g: Vec<_> = facet_groups(k, max).collect();
+                assert!(g.iter().all(|&(_, s)| (1..=max).contains(&s)));
+                assert_eq!(g.iter().map(|&(_, s)| s).sum::<usize>(), k);
+                assert!(g.windows(2).all(|p| p[0].0 + p[0].1 == p[1].0));
+            }
+        }
+    }
+
+    /// The facet-grouped kernels compute what the per-entry kernels compute on the `K * B`
+    /// per-facet rows (dropped values absent there), for row widths below, at and off the
+    /// register block, and facet counts that split into uneven groups.
+    #[test]
+    fn facet_kernels_match_per_entry_kernels() {
+        let mut rng = Rng(11);
+        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+        for (k, out) in [(1, 5), (3, 16), (10, 37), (10, 600), (7, 600), (13, 40)] {
+            let (b, n_cols) = (23, 60);
+            let (x, csr, which) = random_facet_batch(&mut rng, b, k, n_cols);
+            let w = rng.vec(n_cols * out);
+            let bias = rng.vec(out);
+            let g = rng.vec(k * b * out);
+            let mut xa = csr.clone();
+            xa.values = abs(&xa.values);
+            let (wa, ga) = (abs(&w), abs(&g));
+
+            let y = x.times_dense(&w, &bias);
+            let want = csr.times_dense(&w, &bias);
+            assert_close(&y, &want, &xa.times_dense(&wa, &abs(&bias)), "times_dense");
+
+            let dw = x.transpose_times(&g, out, n_cols);
+            let want = csr.transpose_times(&g, out, n_cols);
+            assert_close(
+                &dw,
+                &want,
+                &xa.transpose_times(&ga, out, n_cols),
+                "transpose_times",
+            );
+
+            let dv = x.value_grads(&w, &g, out);
+            assert_eq!(dv.len(), x.nnz() * k);
+            let want = csr.value_grads(&w, &g, out);
+            let scale = csr.value_grads(&wa, &ga, out);
+            let got: Vec<f32> = which.iter().map(|&(e, f)| dv[e * k + f]).collect();
+            assert_close(&got, &want, &scale, "value_grads");
+        }
+    }
+
+    /// The facet-grouped kernels give the same bits on 1, 2 and 3 threads, and on every
+    /// instruction set this CPU has.
+    #[test]
+    fn facet_kernels_are_thread_count_and_isa_independent() {
+        let mut rng = Rng(12);
+        let (b, k, out, n_cols) = (300, 10, 600, 200);
+        let (x, _, _) = random_facet_batch(&mut rng, b, k, n_cols);
+        let w = rng.vec(n_cols * out);
+        let bias = rng.vec(out);
+        let g = rng.vec(k * b * out);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    (
+                        x.times_dense(&w, &bias),
+                        x.transpose_times(&g, out, n_cols),
+                        x.value_grads(&w, &g, out),
+                    )
+                })
+        };
+        let bits = |r: (Vec<f32>, Vec<f32>, Vec<f32>)| {
+            [r.0, r.1, r.2].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+        };
+        let one = bits(run(1));
+        assert!(one == bits(run(2)));
+        assert!(one == bits(run(3)));
+
+        // One user through each instruction set this CPU has, with its widest grouping and
+        // with single facets.
+        let isas = [Some(Isa::detect()), Some(Isa::Generic)];
+        #[cfg(target_arch = "x86_64")]
+        let isas = [
+            isas[0],
+            isas[1],
+            (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+                .then_some(Isa::Avx2),
+        ];
+        let u = (0..b)
+            .max_by_key(|&u| x.offsets[u + 1] - x.offsets[u])
+            .unwrap();
+        let ents = x.offsets[u]..x.offsets[u + 1];
+        let cols = &x.cols[ents.clone()];
+        let vals = &x.values[ents.start * k..ents.end * k];
+        let grows: Vec<&[f32]> = (0..k).map(|f| &g[(f * b + u) * out..][..out]).collect();
+        let mut results = Vec::new();
+        for isa in isas.into_iter().flatten() {
+            for max_group in [1, isa.max_group()] {
+                let mut y = vec![0f32; k * out];
+                let mut rows: Vec<&mut [f32]> = y.chunks_mut(out).collect();
+                times_dense_user(isa, &mut rows, &w, &bias, cols, vals, max_group);
+                let mut dv = vec![0f32; cols.len() * k];
+                value_grads_user(isa, &mut dv, &w, &grows, cols);
+                let mut dw = vec![0f32; n_cols * out];
+                transpose_times_range(isa, &mut dw, 0, &x, &g, out);
+                results.push((y, dv, dw));
+            }
+        }
+        let first = bits(results[0].clone());
+        for r in results {
+            assert!(first == bits(r));
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::{MacridVae, Noise, StepLoss};
 use crate::common::SparseBatch;
 use crate::conditioning;
 use crate::kernels::{
-    add_bias, col_sums, exp, matmul, row_chunk, tanh_backward, tanh_inplace, Csr, Mat,
+    add_bias, col_sums, exp, matmul, row_chunk, tanh_backward, tanh_inplace, FacetCsr, Mat,
 };
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
@@ -51,10 +51,13 @@ pub(super) struct Trace {
     core_norms: Vec<f32>,
     /// Assignments `C` `[I, K]`.
     c: Vec<f32>,
-    /// The first layer's input, all facets stacked (`K * B` rows).
-    first: Csr,
+    /// The first layer's input, all facets of a user together.
+    first: FacetCsr,
     /// Per entry of `first`: the entry of the raw batch it comes from.
     src: Vec<usize>,
+    /// Per entry and facet of `first` (`[nnz, K]`): whether the entry is in that facet's
+    /// input (not dropped out); dropped ones are zeros in `first` and get no gradient.
+    kept: Vec<bool>,
     /// Per-facet row norms `[K * B]` (per-facet normalisation only).
     facet_norms: Vec<f32>,
     /// Whole-row input: per raw entry, its normalised (not dropped-out) value.
@@ -130,33 +133,25 @@ impl MacridVae {
             row.iter_mut().for_each(|v| *v /= s);
         });
 
-        // First-layer input of every facet, stacked.
+        // First-layer input of every facet, grouped by user: the raw entries kept in at least
+        // one facet, in batch order, with one value per facet (0 where dropped).
         let scale = noise.map_or(1.0, |nz| nz.scale);
-        let mut rows_of: Vec<usize> = Vec::new();
-        let mut cols = Vec::new();
-        let mut vals = Vec::new();
-        let mut src = Vec::new();
+        let mut vals_all = vec![0f32; x.nnz() * k];
+        let mut kept_all = vec![false; x.nnz() * k];
         let mut facet_norms = Vec::new();
         let mut base = Vec::new();
-        let all: Vec<i64>;
         if self.config.whole_row_input {
             base = x.l2_normalised().values;
-            let kept: &[i64] = match noise {
-                Some(nz) => &nz.keep[0],
-                None => {
-                    all = (0..x.nnz() as i64).collect();
-                    &all
+            let mut put = |e: usize| {
+                let i = x.items[e] as usize;
+                for f in 0..k {
+                    vals_all[e * k + f] = base[e] * scale * c[i * k + f];
+                    kept_all[e * k + f] = true;
                 }
             };
-            for f in 0..k {
-                for &e in kept {
-                    let e = e as usize;
-                    let i = x.items[e] as usize;
-                    rows_of.push(f * b + x.rows[e] as usize);
-                    cols.push(i as u32);
-                    vals.push(base[e] * scale * c[i * k + f]);
-                    src.push(e);
-                }
+            match noise {
+                Some(nz) => nz.keep[0].iter().for_each(|&e| put(e as usize)),
+                None => (0..x.nnz()).for_each(put),
             }
         } else {
             facet_norms = vec![0f32; k * b];
@@ -170,29 +165,37 @@ impl MacridVae {
                 .iter_mut()
                 .for_each(|v| *v = (*v + 1e-24).sqrt());
             for f in 0..k {
-                let kept: Vec<usize> = match noise {
-                    Some(nz) => nz.keep[f].iter().map(|&e| e as usize).collect(),
-                    None => (0..x.nnz()).collect(),
-                };
-                for e in kept {
+                let mut put = |e: usize| {
                     let i = x.items[e] as usize;
                     let row = f * b + x.rows[e] as usize;
-                    rows_of.push(row);
-                    cols.push(i as u32);
-                    vals.push(x.values[e] * c[i * k + f] / facet_norms[row] * scale);
-                    src.push(e);
+                    vals_all[e * k + f] = x.values[e] * c[i * k + f] / facet_norms[row] * scale;
+                    kept_all[e * k + f] = true;
+                };
+                match noise {
+                    Some(nz) => nz.keep[f].iter().for_each(|&e| put(e as usize)),
+                    None => (0..x.nnz()).for_each(&mut put),
                 }
             }
         }
-        let mut offsets = vec![0usize; k * b + 1];
-        for &r in &rows_of {
-            offsets[r + 1] += 1;
+        let mut offsets = vec![0usize; b + 1];
+        let (mut cols, mut vals, mut kept, mut src) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for e in 0..x.nnz() {
+            let ke = &kept_all[e * k..][..k];
+            if ke.iter().any(|&v| v) {
+                offsets[x.rows[e] as usize + 1] += 1;
+                cols.push(x.items[e] as u32);
+                vals.extend_from_slice(&vals_all[e * k..][..k]);
+                kept.extend_from_slice(ke);
+                src.push(e);
+            }
         }
-        for r in 0..k * b {
+        for r in 0..b {
             offsets[r + 1] += offsets[r];
         }
-        let first = Csr {
-            n_rows: k * b,
+        let first = FacetCsr {
+            n_users: b,
+            n_facets: k,
             offsets,
             cols,
             values: vals,
@@ -307,6 +310,7 @@ impl MacridVae {
                 c,
                 first,
                 src,
+                kept,
                 facet_norms,
                 base,
                 inputs,
@@ -511,12 +515,18 @@ impl MacridVae {
         // The first layer's values carry gradient to C.
         let dv = t.first.value_grads(&p[2].data, &dy, hidden);
         let scale = noise.scale;
+        // Facet by facet, each user's kept entries in batch order.
+        let (first, kept) = (&t.first, &t.kept);
+        let entries = |r: usize| {
+            let (f, u) = (r / b, r % b);
+            (first.offsets[u]..first.offsets[u + 1]).filter(move |&j| kept[j * k + f])
+        };
         if self.config.whole_row_input {
             for r in 0..kb {
                 let f = r / b;
-                for j in t.first.offsets[r]..t.first.offsets[r + 1] {
+                for j in entries(r) {
                     let e = t.src[j];
-                    dc[x.items[e] as usize * k + f] += dv[j] * t.base[e] * scale;
+                    dc[x.items[e] as usize * k + f] += dv[j * k + f] * t.base[e] * scale;
                 }
             }
         } else {
@@ -526,9 +536,9 @@ impl MacridVae {
                 let norm = t.facet_norms[r];
                 let cval = |e: usize| x.values[e] * t.c[x.items[e] as usize * k + f];
                 let mut s = 0f32;
-                for j in t.first.offsets[r]..t.first.offsets[r + 1] {
+                for j in entries(r) {
                     let e = t.src[j];
-                    let q = dv[j] * scale;
+                    let q = dv[j * k + f] * scale;
                     s += q * cval(e);
                     dc[x.items[e] as usize * k + f] += x.values[e] * q / norm;
                 }
