@@ -8,7 +8,7 @@ Set up once (PyPI only; about 5 GB with torch's CUDA wheels):
         (compare with `encore data split --split ratio-recbole --seed SEED`).
     RB_EPOCHS=20 /tmp/rbenv/bin/python scripts/recbole_crosscheck.py run MODEL SEED
         Train MODEL (MultiVAE, MacridVAE, Pop, BPR, ...) with PEERS.md's protocol on one torch
-        thread; RecBole's log has per-epoch training and evaluation times.
+        thread ($RB_THREADS for more); RecBole's log has per-epoch training and evaluation times.
 
 Data: $ENCORE_SHARED_DATA or ../shared/data beside the repository (ml-100k.inter).
 """
@@ -53,7 +53,7 @@ def split(seed, out):
 
 
 def run(model, seed):
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("RB_THREADS", 1)))
     cfg = base(seed) | {
         "metrics": ["Recall", "MRR", "NDCG", "Hit"], "topk": [10], "valid_metric": "NDCG@10",
         "stopping_step": 10, "epochs": int(os.environ.get("RB_EPOCHS", 300)),
