@@ -6,9 +6,10 @@
 # release build (cargo build --release -p encore-cli). Run it on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$(pwd)
 RBPY=${RBPY:-/tmp/rbenv/bin/python}
 THREADS=${THREADS:-1}
-DATA=${ENCORE_SHARED_DATA:-../shared/data}
+DATA=$(cd "${ENCORE_SHARED_DATA:-../shared/data}" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ./target/release/encore data import --format recbole --input "$DATA/ml-100k" --out "$work/ml" > /dev/null
@@ -16,7 +17,9 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-10s %-8s %14s %14s\n' model tool "train s/epoch" "eval s"
 for pair in MultiVAE:multivae MacridVAE:macridvae; do
   rb=${pair%%:*}; en=${pair##*:}
-  RB_EPOCHS=20 RB_THREADS=$THREADS OMP_NUM_THREADS=$THREADS ENCORE_SHARED_DATA=$DATA "$RBPY" scripts/recbole_crosscheck.py run "$rb" 2020 > "$work/$rb.log" 2>&1
+  # From the scratch folder: RecBole writes log/ and saved/ into the working directory.
+  (cd "$work" && RB_EPOCHS=20 RB_THREADS=$THREADS OMP_NUM_THREADS=$THREADS \
+    ENCORE_SHARED_DATA=$DATA "$RBPY" "$repo/scripts/recbole_crosscheck.py" run "$rb" 2020 > "$work/$rb.log" 2>&1)
   t=$(grep -o 'training \[time: [0-9.]*' "$work/$rb.log" | awk '{print $NF}' | median)
   e=$(grep -o 'evaluating \[time: [0-9.]*' "$work/$rb.log" | awk '{print $NF}' | median)
   printf '%-10s %-8s %14s %14s\n' "$rb" RecBole "$t" "$e"

@@ -203,38 +203,10 @@ pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
     s
 }
 
-/// `y += v · w`, compiled for AVX-512 or AVX2 when the CPU has it (the crate is built for
-/// baseline x86-64, where these loops get 4-wide SSE2; the sparse layers spend most of their
-/// time here). Each element is one multiply and one add whatever the width, so every path
-/// gives the same bits.
-#[inline]
+/// `y += v · w` element by element (a multiply, then an add): the per-entry sums the
+/// column-blocked gathers of [`Csr`] are tested against, bit for bit.
+#[cfg(test)]
 fn axpy(y: &mut [f32], v: f32, w: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the feature was just detected.
-        return unsafe { axpy_avx512(y, v, w) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were just detected.
-        return unsafe { axpy_avx2(y, v, w) };
-    }
-    for (y, w) in y.iter_mut().zip(w) {
-        *y += v * w;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn axpy_avx512(y: &mut [f32], v: f32, w: &[f32]) {
-    for (y, w) in y.iter_mut().zip(w) {
-        *y += v * w;
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn axpy_avx2(y: &mut [f32], v: f32, w: &[f32]) {
     for (y, w) in y.iter_mut().zip(w) {
         *y += v * w;
     }
@@ -293,26 +265,48 @@ impl Csr {
     }
 
     /// `y = X W + b` with `W` row-major `[n_cols, out]`: each output row is the bias plus the
-    /// value-weighted sum of the weight rows of its entries (a gather, not a dense product).
+    /// value-weighted sum of the weight rows of its entries (a gather, not a dense product),
+    /// summed in entry order.
+    ///
+    /// Column-blocked: a pass handles [`COL_BLOCK`] output columns for all rows of a task, so
+    /// the `[n_cols, COL_BLOCK]` slab of `W` it reads (1,682 items x 256 B on ml-100k) stays in
+    /// L2, where gathering whole rows streamed `W` (4 MB) from L3 once per entry. Rows are
+    /// split into one task per thread; the per-element sums are the same for any split.
     pub fn times_dense(&self, w: &[f32], b: &[f32]) -> Vec<f32> {
         let out = b.len();
         let mut y = vec![0f32; self.n_rows * out];
-        y.par_chunks_mut(out).enumerate().for_each(|(r, row)| {
-            row.copy_from_slice(b);
-            for e in self.offsets[r]..self.offsets[r + 1] {
-                axpy(
-                    row,
-                    self.values[e],
-                    &w[self.cols[e] as usize * out..][..out],
-                );
-            }
-        });
+        if y.is_empty() {
+            return y;
+        }
+        let per_task = self.n_rows.div_ceil(rayon::current_num_threads()).max(1);
+        let isa = Isa::detect();
+        y.par_chunks_mut(per_task * out)
+            .enumerate()
+            .for_each(|(t, ys)| {
+                for c0 in (0..out).step_by(COL_BLOCK) {
+                    let cw = COL_BLOCK.min(out - c0);
+                    for (i, row) in ys.chunks_mut(out).enumerate() {
+                        let ents =
+                            self.offsets[t * per_task + i]..self.offsets[t * per_task + i + 1];
+                        let block = Block {
+                            cols: &self.cols[ents.clone()],
+                            vals: &self.values[ents],
+                            src: w,
+                            stride: out,
+                            c0,
+                        };
+                        block.sum_into(isa, &mut row[c0..c0 + cw], &b[c0..c0 + cw]);
+                    }
+                }
+            });
         y
     }
 
     /// `X^T G` into a dense `[n_cols, out]` buffer (the weight gradient of
     /// [`Csr::times_dense`]): each column (item) row sums `v · G[r, :]` over its entries in
-    /// batch order, items in parallel.
+    /// batch order. Items are split into one range per thread; within a range, passes of
+    /// [`COL_BLOCK`] columns keep the `[rows, COL_BLOCK]` slab of `G` in L2 (as
+    /// [`Csr::times_dense`]). The sums do not depend on the split.
     pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
         // Entries grouped by column, stable (batch order within a column).
         let mut starts = vec![0usize; n_cols + 1];
@@ -323,20 +317,41 @@ impl Csr {
             starts[c + 1] += starts[c];
         }
         let mut fill = starts.clone();
-        let mut order = vec![(0u32, 0f32); self.nnz()];
+        let mut rows = vec![0u32; self.nnz()];
+        let mut vals = vec![0f32; self.nnz()];
         for r in 0..self.n_rows {
             for e in self.offsets[r]..self.offsets[r + 1] {
                 let c = self.cols[e] as usize;
-                order[fill[c]] = (r as u32, self.values[e]);
+                rows[fill[c]] = r as u32;
+                vals[fill[c]] = self.values[e];
                 fill[c] += 1;
             }
         }
         let mut dw = vec![0f32; n_cols * out];
-        dw.par_chunks_mut(out).enumerate().for_each(|(c, row)| {
-            for &(r, v) in &order[starts[c]..starts[c + 1]] {
-                axpy(row, v, &g[r as usize * out..][..out]);
-            }
-        });
+        if dw.is_empty() {
+            return dw;
+        }
+        let per_task = n_cols.div_ceil(rayon::current_num_threads()).max(1);
+        let isa = Isa::detect();
+        dw.par_chunks_mut(per_task * out)
+            .enumerate()
+            .for_each(|(t, ds)| {
+                let zero = [0f32; COL_BLOCK];
+                for c0 in (0..out).step_by(COL_BLOCK) {
+                    let cw = COL_BLOCK.min(out - c0);
+                    for (i, row) in ds.chunks_mut(out).enumerate() {
+                        let c = t * per_task + i;
+                        let block = Block {
+                            cols: &rows[starts[c]..starts[c + 1]],
+                            vals: &vals[starts[c]..starts[c + 1]],
+                            src: g,
+                            stride: out,
+                            c0,
+                        };
+                        block.sum_into(isa, &mut row[c0..c0 + cw], &zero[..cw]);
+                    }
+                }
+            });
         dw
     }
 
@@ -359,6 +374,74 @@ impl Csr {
             }
         });
         dv
+    }
+}
+
+/// Output columns per pass of the column-blocked gathers of [`Csr`]: 64 floats (256 B, four
+/// AVX-512 registers) per row of the source slab.
+const COL_BLOCK: usize = 64;
+
+/// One row's part of a column-blocked gather: `y = init + Σ_e vals[e] · src[cols[e], c0..]`
+/// over the entries in order (a multiply, then an add, per element: the same bits as
+/// [`axpy`] row by row, on every instruction set).
+struct Block<'a> {
+    cols: &'a [u32],
+    vals: &'a [f32],
+    src: &'a [f32],
+    stride: usize,
+    c0: usize,
+}
+
+impl Block<'_> {
+    fn sum_into(&self, isa: Isa, y: &mut [f32], init: &[f32]) {
+        match isa {
+            // SAFETY: `Isa::detect` found the features these builds are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.sum_into_avx512(y, init) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.sum_into_avx2(y, init) },
+            Isa::Generic => self.sum_into_generic(y, init),
+        }
+    }
+
+    #[inline(always)]
+    fn sum_into_generic(&self, y: &mut [f32], init: &[f32]) {
+        if let Ok(y) = <&mut [f32; COL_BLOCK]>::try_from(&mut *y) {
+            // A full block: the accumulator lives in registers.
+            let mut acc: [f32; COL_BLOCK] = init.try_into().expect("init matches the block");
+            for (&c, &v) in self.cols.iter().zip(self.vals) {
+                let s: &[f32; COL_BLOCK] = self.src[c as usize * self.stride + self.c0..]
+                    [..COL_BLOCK]
+                    .try_into()
+                    .expect("a full block");
+                for j in 0..COL_BLOCK {
+                    acc[j] += v * s[j];
+                }
+            }
+            *y = acc;
+        } else {
+            y.copy_from_slice(init);
+            let n = y.len();
+            for (&c, &v) in self.cols.iter().zip(self.vals) {
+                let s = &self.src[c as usize * self.stride + self.c0..][..n];
+                for (y, s) in y.iter_mut().zip(s) {
+                    *y += v * s;
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum_into_avx512(&self, y: &mut [f32], init: &[f32]) {
+        self.sum_into_generic(y, init)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn sum_into_avx2(&self, y: &mut [f32], init: &[f32]) {
+        self.sum_into_generic(y, init)
     }
 }
 
@@ -942,6 +1025,86 @@ mod tests {
         // dv_e = W[col_e] · G[row_e]: (3,4)·(1,0) = 3, (1,2)·(0,1) = 2, (5,6)·(0,1) = 6.
         assert_eq!(x.value_grads(&w, &g, 2), vec![3.0, 2.0, 6.0]);
         assert_eq!(col_sums(&g, 2), vec![1.0, 1.0]);
+    }
+
+    /// The column-blocked gathers give exactly the per-entry sums (entry order per output
+    /// element), for widths below, at and across the block size, on 1 to 3 threads.
+    #[test]
+    fn column_blocked_gathers_are_the_per_entry_sums_bit_for_bit() {
+        let mut rng = Rng(3);
+        let (n_rows, n_cols) = (97, 41);
+        let mut offsets = vec![0usize];
+        let (mut cols, mut values) = (Vec::new(), Vec::new());
+        for r in 0..n_rows {
+            // Some empty rows; columns in increasing order, like the models' batches.
+            for c in 0..n_cols {
+                if r % 7 != 3 && rng.next() % 4 == 0 {
+                    cols.push(c as u32);
+                    values.push(rng.f32());
+                }
+            }
+            offsets.push(cols.len());
+        }
+        let x = Csr {
+            n_rows,
+            offsets,
+            cols,
+            values,
+        };
+        for out in [1, 5, 64, 130, 600] {
+            let w = rng.vec(n_cols * out);
+            let bias = rng.vec(out);
+            let g = rng.vec(n_rows * out);
+            let mut want_y = vec![0f32; n_rows * out];
+            for (r, row) in want_y.chunks_mut(out).enumerate() {
+                row.copy_from_slice(&bias);
+                for e in x.offsets[r]..x.offsets[r + 1] {
+                    axpy(row, x.values[e], &w[x.cols[e] as usize * out..][..out]);
+                }
+            }
+            let mut want_dw = vec![0f32; n_cols * out];
+            for r in 0..n_rows {
+                for e in x.offsets[r]..x.offsets[r + 1] {
+                    let c = x.cols[e] as usize;
+                    axpy(
+                        &mut want_dw[c * out..][..out],
+                        x.values[e],
+                        &g[r * out..][..out],
+                    );
+                }
+            }
+            for threads in 1..=3 {
+                let (y, dw) = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| (x.times_dense(&w, &bias), x.transpose_times(&g, out, n_cols)));
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&y),
+                    bits(&want_y),
+                    "times_dense, out {out}, {threads} threads"
+                );
+                assert_eq!(
+                    bits(&dw),
+                    bits(&want_dw),
+                    "transpose_times, out {out}, {threads} threads"
+                );
+            }
+        }
+        // Generic path too (the one non-x86 machines run).
+        let w = rng.vec(n_cols * 70);
+        let block = Block {
+            cols: &x.cols[x.offsets[5]..x.offsets[6]],
+            vals: &x.values[x.offsets[5]..x.offsets[6]],
+            src: &w,
+            stride: 70,
+            c0: 0,
+        };
+        let (mut a, mut b) = ([0f32; COL_BLOCK], [0f32; COL_BLOCK]);
+        block.sum_into(Isa::detect(), &mut a, &[0.5; COL_BLOCK]);
+        block.sum_into(Isa::Generic, &mut b, &[0.5; COL_BLOCK]);
+        assert_eq!(a, b);
     }
 
     /// Deterministic pseudo-random numbers in `[-1, 1)` (SplitMix64).
