@@ -1038,7 +1038,7 @@ mod tests {
         for r in 0..n_rows {
             // Some empty rows; columns in increasing order, like the models' batches.
             for c in 0..n_cols {
-                if r % 7 != 3 && rng.next() % 4 == 0 {
+                if r % 7 != 3 && rng.next().is_multiple_of(4) {
                     cols.push(c as u32);
                     values.push(rng.f32());
                 }
