@@ -286,16 +286,17 @@ impl Csr {
                 for c0 in (0..out).step_by(COL_BLOCK) {
                     let cw = COL_BLOCK.min(out - c0);
                     for (i, row) in ys.chunks_mut(out).enumerate() {
-                        let ents =
-                            self.offsets[t * per_task + i]..self.offsets[t * per_task + i + 1];
-                        let block = Block {
-                            cols: &self.cols[ents.clone()],
-                            vals: &self.values[ents],
-                            src: w,
-                            stride: out,
-                            c0,
-                        };
-                        block.sum_into(isa, &mut row[c0..c0 + cw], &b[c0..c0 + cw]);
+                        let r = t * per_task + i;
+                        let ents = self.offsets[r]..self.offsets[r + 1];
+                        gather_block(
+                            isa,
+                            &mut row[c0..c0 + cw],
+                            &b[c0..c0 + cw],
+                            &self.cols[ents.clone()],
+                            &self.values[ents],
+                            &w[c0..],
+                            out,
+                        );
                     }
                 }
             });
@@ -340,15 +341,16 @@ impl Csr {
                 for c0 in (0..out).step_by(COL_BLOCK) {
                     let cw = COL_BLOCK.min(out - c0);
                     for (i, row) in ds.chunks_mut(out).enumerate() {
-                        let c = t * per_task + i;
-                        let block = Block {
-                            cols: &rows[starts[c]..starts[c + 1]],
-                            vals: &vals[starts[c]..starts[c + 1]],
-                            src: g,
-                            stride: out,
-                            c0,
-                        };
-                        block.sum_into(isa, &mut row[c0..c0 + cw], &zero[..cw]);
+                        let ents = starts[t * per_task + i]..starts[t * per_task + i + 1];
+                        gather_block(
+                            isa,
+                            &mut row[c0..c0 + cw],
+                            &zero[..cw],
+                            &rows[ents.clone()],
+                            &vals[ents],
+                            &g[c0..],
+                            out,
+                        );
                     }
                 }
             });
@@ -380,70 +382,6 @@ impl Csr {
 /// Output columns per pass of the column-blocked gathers of [`Csr`]: 64 floats (256 B, four
 /// AVX-512 registers) per row of the source slab.
 const COL_BLOCK: usize = 64;
-
-/// One row's part of a column-blocked gather: `y = init + Σ_e vals[e] · src[cols[e], c0..]`
-/// over the entries in order (a multiply, then an add, per element: the same bits as
-/// [`axpy`] row by row, on every instruction set).
-struct Block<'a> {
-    cols: &'a [u32],
-    vals: &'a [f32],
-    src: &'a [f32],
-    stride: usize,
-    c0: usize,
-}
-
-impl Block<'_> {
-    fn sum_into(&self, isa: Isa, y: &mut [f32], init: &[f32]) {
-        match isa {
-            // SAFETY: `Isa::detect` found the features these builds are compiled for.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.sum_into_avx512(y, init) },
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.sum_into_avx2(y, init) },
-            Isa::Generic => self.sum_into_generic(y, init),
-        }
-    }
-
-    #[inline(always)]
-    fn sum_into_generic(&self, y: &mut [f32], init: &[f32]) {
-        if let Ok(y) = <&mut [f32; COL_BLOCK]>::try_from(&mut *y) {
-            // A full block: the accumulator lives in registers.
-            let mut acc: [f32; COL_BLOCK] = init.try_into().expect("init matches the block");
-            for (&c, &v) in self.cols.iter().zip(self.vals) {
-                let s: &[f32; COL_BLOCK] = self.src[c as usize * self.stride + self.c0..]
-                    [..COL_BLOCK]
-                    .try_into()
-                    .expect("a full block");
-                for j in 0..COL_BLOCK {
-                    acc[j] += v * s[j];
-                }
-            }
-            *y = acc;
-        } else {
-            y.copy_from_slice(init);
-            let n = y.len();
-            for (&c, &v) in self.cols.iter().zip(self.vals) {
-                let s = &self.src[c as usize * self.stride + self.c0..][..n];
-                for (y, s) in y.iter_mut().zip(s) {
-                    *y += v * s;
-                }
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn sum_into_avx512(&self, y: &mut [f32], init: &[f32]) {
-        self.sum_into_generic(y, init)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn sum_into_avx2(&self, y: &mut [f32], init: &[f32]) {
-        self.sum_into_generic(y, init)
-    }
-}
 
 /// Columns per register block in the facet-grouped kernels (one AVX-512 register, two AVX2).
 const LANES: usize = 16;
@@ -546,6 +484,43 @@ macro_rules! per_isa {
             }
         }
     };
+}
+
+per_isa! {
+    /// One row's part of a column-blocked gather of [`Csr`]: `y = init + Σ_e vals[e] ·
+    /// src[cols[e] * stride..][..y.len()]` (`src`: a row-major matrix with `stride` columns,
+    /// starting at the block's first column), over the entries in order, a multiply then an add per element: the same bits as adding the
+    /// entries' whole rows one after the other.
+    fn gather_block(
+        y: &mut [f32],
+        init: &[f32],
+        cols: &[u32],
+        vals: &[f32],
+        src: &[f32],
+        stride: usize,
+    ) {
+        if let Ok(y) = <&mut [f32; COL_BLOCK]>::try_from(&mut *y) {
+            // A full block: the accumulator lives in registers.
+            let mut acc: [f32; COL_BLOCK] = init.try_into().expect("init matches the block");
+            for (&c, &v) in cols.iter().zip(vals) {
+                let s: &[f32; COL_BLOCK] = src[c as usize * stride..][..COL_BLOCK]
+                    .try_into()
+                    .expect("a full block");
+                for j in 0..COL_BLOCK {
+                    acc[j] += v * s[j];
+                }
+            }
+            *y = acc;
+        } else {
+            y.copy_from_slice(init);
+            let n = y.len();
+            for (&c, &v) in cols.iter().zip(vals) {
+                for (y, s) in y.iter_mut().zip(&src[c as usize * stride..][..n]) {
+                    *y += v * s;
+                }
+            }
+        }
+    }
 }
 
 /// The sparse input of MacridVAE's first layer for all `K` facets of a batch, grouped by user.
@@ -1094,16 +1069,12 @@ mod tests {
         }
         // Generic path too (the one non-x86 machines run).
         let w = rng.vec(n_cols * 70);
-        let block = Block {
-            cols: &x.cols[x.offsets[5]..x.offsets[6]],
-            vals: &x.values[x.offsets[5]..x.offsets[6]],
-            src: &w,
-            stride: 70,
-            c0: 0,
-        };
+        let ents = x.offsets[5]..x.offsets[6];
+        let (cols, vals) = (&x.cols[ents.clone()], &x.values[ents]);
         let (mut a, mut b) = ([0f32; COL_BLOCK], [0f32; COL_BLOCK]);
-        block.sum_into(Isa::detect(), &mut a, &[0.5; COL_BLOCK]);
-        block.sum_into(Isa::Generic, &mut b, &[0.5; COL_BLOCK]);
+        let init = [0.5; COL_BLOCK];
+        gather_block(Isa::detect(), &mut a, &init, cols, vals, &w[3..], 70);
+        gather_block(Isa::Generic, &mut b, &init, cols, vals, &w[3..], 70);
         assert_eq!(a, b);
     }
 
