@@ -253,11 +253,10 @@ impl DatasetBuilder {
             }
             let user_map = users.retain(&keep_user);
             let item_map = items.retain(&keep_item);
-            let (m, t) = filter_matrix(&matrix, timestamps.as_deref(), &user_map, &item_map);
-            let (_, r) = filter_matrix(&matrix, read_at.as_deref(), &user_map, &item_map);
+            let (m, kept) = filter_matrix(&matrix, &user_map, &item_map);
             matrix = m;
-            timestamps = t;
-            read_at = r;
+            timestamps = retain_kept(timestamps, &kept);
+            read_at = retain_kept(read_at, &kept);
             report.kcore_removed_users = before.0 - matrix.n_users();
             report.kcore_removed_items = before.1 - matrix.n_items();
             report.kcore_removed_interactions = before.2 - matrix.nnz();
@@ -293,20 +292,19 @@ fn dense_ranks(values: &[u32]) -> Vec<u32> {
     values.iter().map(|&v| rank[v as usize]).collect()
 }
 
-/// Keep the rows and columns whose new index is not `u32::MAX`, with `values` (aligned with
-/// the stored interactions: timestamps, read positions) filtered alike.
-fn filter_matrix<T: Copy>(
+/// Keep the rows and columns whose new index is not `u32::MAX`, renumbered; also returns,
+/// per stored interaction of `m`, whether it was kept (to filter arrays aligned with it).
+fn filter_matrix(
     m: &InteractionMatrix,
-    timestamps: Option<&[T]>,
     user_map: &[u32],
     item_map: &[u32],
-) -> (InteractionMatrix, Option<Vec<T>>) {
+) -> (InteractionMatrix, Vec<bool>) {
     let n_users = user_map.iter().filter(|&&x| x != u32::MAX).count();
     let n_items = item_map.iter().filter(|&&x| x != u32::MAX).count();
     let mut indptr = Vec::with_capacity(n_users + 1);
     indptr.push(0u64);
     let mut indices = Vec::new();
-    let mut times = timestamps.map(|_| Vec::new());
+    let mut kept = vec![false; m.nnz()];
     for (u, &new_u) in user_map.iter().enumerate() {
         if new_u == u32::MAX {
             continue;
@@ -316,9 +314,7 @@ fn filter_matrix<T: Copy>(
             let ni = item_map[i as usize];
             if ni != u32::MAX {
                 indices.push(ni);
-                if let (Some(out), Some(ts)) = (times.as_mut(), timestamps) {
-                    out.push(ts[start + k]);
-                }
+                kept[start + k] = true;
             }
         }
         indptr.push(indices.len() as u64);
@@ -326,7 +322,18 @@ fn filter_matrix<T: Copy>(
     // Item renumbering keeps order, so rows stay sorted.
     let matrix = InteractionMatrix::from_csr(n_users, n_items, indptr, indices)
         .expect("order-preserving renumbering keeps rows sorted");
-    (matrix, times)
+    (matrix, kept)
+}
+
+/// The entries of `values` whose flag in `kept` is set.
+fn retain_kept<T: Copy>(values: Option<Vec<T>>, kept: &[bool]) -> Option<Vec<T>> {
+    values.map(|v| {
+        v.iter()
+            .zip(kept)
+            .filter(|(_, &k)| k)
+            .map(|(&x, _)| x)
+            .collect()
+    })
 }
 
 impl Dataset {
