@@ -203,6 +203,17 @@ pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
     s
 }
 
+/// `f` on a fresh pool of `threads` rayon threads (the tests' check that results do not
+/// depend on the thread count).
+#[cfg(test)]
+pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("a thread pool")
+        .install(f)
+}
+
 /// `y += v · w` element by element (a multiply, then an add): the per-entry sums the
 /// column-blocked gathers of [`Csr`] are tested against, bit for bit.
 #[cfg(test)]
@@ -941,22 +952,18 @@ mod tests {
             .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
             .collect();
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let mut c = vec![0f32; m * n];
-                    matmul(
-                        &mut c,
-                        Mat::new(&a, m, k),
-                        Mat::new(&b, k, n).t().t(),
-                        false,
-                    );
-                    let mut d = vec![0f32; k * n];
-                    matmul(&mut d, Mat::new(&a, m, k).t(), Mat::new(&c, m, n), false);
-                    (c, d)
-                })
+            crate::kernels::on_threads(threads, || {
+                let mut c = vec![0f32; m * n];
+                matmul(
+                    &mut c,
+                    Mat::new(&a, m, k),
+                    Mat::new(&b, k, n).t().t(),
+                    false,
+                );
+                let mut d = vec![0f32; k * n];
+                matmul(&mut d, Mat::new(&a, m, k).t(), Mat::new(&c, m, n), false);
+                (c, d)
+            })
         };
         assert_eq!(run(1), run(4));
     }
@@ -1049,11 +1056,9 @@ mod tests {
                 }
             }
             for threads in 1..=3 {
-                let (y, dw) = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| (x.times_dense(&w, &bias), x.transpose_times(&g, out, n_cols)));
+                let (y, dw) = crate::kernels::on_threads(threads, || {
+                    (x.times_dense(&w, &bias), x.transpose_times(&g, out, n_cols))
+                });
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
                     bits(&y),
@@ -1237,17 +1242,13 @@ mod tests {
         let bias = rng.vec(out);
         let g = rng.vec(k * b * out);
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    (
-                        x.times_dense(&w, &bias),
-                        x.transpose_times(&g, out, n_cols),
-                        x.value_grads(&w, &g, out),
-                    )
-                })
+            crate::kernels::on_threads(threads, || {
+                (
+                    x.times_dense(&w, &bias),
+                    x.transpose_times(&g, out, n_cols),
+                    x.value_grads(&w, &g, out),
+                )
+            })
         };
         let bits = |r: (Vec<f32>, Vec<f32>, Vec<f32>)| {
             [r.0, r.1, r.2].map(|v| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())

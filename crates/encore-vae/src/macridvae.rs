@@ -964,19 +964,15 @@ mod tests {
         let train = InteractionMatrix::from_rows(n_items as usize, &rows);
         for preset in [MacridVaeConfig::original(), MacridVaeConfig::recbole()] {
             let run = |threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| {
-                        let mut m = MacridVae::new(preset.clone(), n_items as usize).unwrap();
-                        let mut rng = ChaCha8Rng::seed_from_u64(5);
-                        let users = train.nonempty_users();
-                        m.step(&train, &users, &mut rng);
-                        let mut out = vec![0f32; 4 * n_items as usize];
-                        m.score_users(&[0, 1, 2, 3], &train, &mut out);
-                        (m.params, out)
-                    })
+                crate::kernels::on_threads(threads, || {
+                    let mut m = MacridVae::new(preset.clone(), n_items as usize).unwrap();
+                    let mut rng = ChaCha8Rng::seed_from_u64(5);
+                    let users = train.nonempty_users();
+                    m.step(&train, &users, &mut rng);
+                    let mut out = vec![0f32; 4 * n_items as usize];
+                    m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                    (m.params, out)
+                })
             };
             assert!(run(1) == run(3), "{}", preset.preset);
             // MacridVAE-C, default 128 conditioning dimensions.
@@ -994,21 +990,16 @@ mod tests {
                 ..preset.clone()
             };
             let run = |threads: usize| {
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap()
-                    .install(|| {
-                        let mut m =
-                            MacridVae::with_conditioning(cfg.clone(), n, Some(cond.clone()))
-                                .unwrap();
-                        let mut rng = ChaCha8Rng::seed_from_u64(5);
-                        let users = train.nonempty_users();
-                        m.step(&train, &users, &mut rng);
-                        let mut out = vec![0f32; 4 * n];
-                        m.score_users(&[0, 1, 2, 3], &train, &mut out);
-                        (m.params, out)
-                    })
+                crate::kernels::on_threads(threads, || {
+                    let mut m =
+                        MacridVae::with_conditioning(cfg.clone(), n, Some(cond.clone())).unwrap();
+                    let mut rng = ChaCha8Rng::seed_from_u64(5);
+                    let users = train.nonempty_users();
+                    m.step(&train, &users, &mut rng);
+                    let mut out = vec![0f32; 4 * n];
+                    m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                    (m.params, out)
+                })
             };
             assert!(run(1) == run(3), "conditioned {}", preset.preset);
         }

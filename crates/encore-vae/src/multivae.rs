@@ -1022,21 +1022,17 @@ mod tests {
             .collect();
         let train = InteractionMatrix::from_rows(n_items as usize, &rows);
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let mut m = MultiVae::new(MultiVaeConfig::recbole(), n_items as usize).unwrap();
-                    let mut rng = ChaCha8Rng::seed_from_u64(5);
-                    let users = train.nonempty_users();
-                    for _ in 0..2 {
-                        m.step(&train, &users, &mut rng);
-                    }
-                    let mut out = vec![0f32; 4 * n_items as usize];
-                    m.score_users(&[0, 1, 2, 3], &train, &mut out);
-                    (m.params, out)
-                })
+            crate::kernels::on_threads(threads, || {
+                let mut m = MultiVae::new(MultiVaeConfig::recbole(), n_items as usize).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let users = train.nonempty_users();
+                for _ in 0..2 {
+                    m.step(&train, &users, &mut rng);
+                }
+                let mut out = vec![0f32; 4 * n_items as usize];
+                m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                (m.params, out)
+            })
         };
         assert!(run(1) == run(3));
     }
@@ -1068,23 +1064,18 @@ mod tests {
             ..MultiVaeConfig::recbole()
         };
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let mut m =
-                        MultiVae::with_conditioning(cfg.clone(), n_items, Some(cond.clone()))
-                            .unwrap();
-                    let mut rng = ChaCha8Rng::seed_from_u64(5);
-                    let users = train.nonempty_users();
-                    for _ in 0..2 {
-                        m.step(&train, &users, &mut rng);
-                    }
-                    let mut out = vec![0f32; 4 * n_items];
-                    m.score_users(&[0, 1, 2, 3], &train, &mut out);
-                    (m.params, out)
-                })
+            crate::kernels::on_threads(threads, || {
+                let mut m =
+                    MultiVae::with_conditioning(cfg.clone(), n_items, Some(cond.clone())).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let users = train.nonempty_users();
+                for _ in 0..2 {
+                    m.step(&train, &users, &mut rng);
+                }
+                let mut out = vec![0f32; 4 * n_items];
+                m.score_users(&[0, 1, 2, 3], &train, &mut out);
+                (m.params, out)
+            })
         };
         assert!(run(1) == run(3));
     }
