@@ -138,14 +138,18 @@ pub(crate) fn exp(x: f32) -> f32 {
     // (a libm call below SSE4.1).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
         + 0.5;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2^n from the bits of t = 1.5·2^23 + n (exact, as |n| <= 127): its low bits are n, so
+    // the biased exponent n + 127 is an integer subtraction. (`n as i32` gives the same
+    // number, but Rust's saturating float-to-int cast stays scalar in vectorised loops.)
+    e * f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
 /// `tanh(x) = 1 − 2 / (e^{2x} + 1)` over [`exp`] (absolute error below 3e-7; `f32::tanh` is a
@@ -168,15 +172,6 @@ pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
-        }
-    });
-}
-
-/// `tanh` in place.
-pub(crate) fn tanh_inplace(y: &mut [f32]) {
-    y.par_chunks_mut(16_384).for_each(|c| {
-        for v in c {
-            *v = tanh(*v);
         }
     });
 }
@@ -495,6 +490,67 @@ macro_rules! per_isa {
             }
         }
     };
+}
+
+/// `tanh` in place.
+pub(crate) fn tanh_inplace(y: &mut [f32]) {
+    let isa = Isa::detect();
+    y.par_chunks_mut(16_384).for_each(|c| tanh_slice(isa, c));
+}
+
+per_isa! {
+    /// `v = tanh(v)` over a slice.
+    fn tanh_slice(y: &mut [f32]) {
+        for v in y {
+            *v = tanh(*v);
+        }
+    }
+}
+
+per_isa! {
+    /// `v = e^(v − shift)` over a slice.
+    fn exp_shifted_slice(y: &mut [f32], shift: f32) {
+        for v in y {
+            *v = exp(*v - shift);
+        }
+    }
+}
+
+per_isa! {
+    /// `q = e^(q · s)` in place, then `p += q ⊙ c`.
+    fn exp_scaled_accumulate_slice(q: &mut [f32], p: &mut [f32], c: &[f32], s: f32) {
+        for q in q.iter_mut() {
+            *q = exp(*q * s);
+        }
+        for ((p, q), c) in p.iter_mut().zip(q.iter()).zip(c) {
+            *p += q * c;
+        }
+    }
+}
+
+/// `v = e^(v − shift)` for every element of `y`, in the widest instructions this CPU has
+/// (the same bits on all: [`exp`] is plain multiplies and adds). Sequential: callers run it
+/// on one row inside their own parallel loop.
+pub(crate) fn exp_shifted(y: &mut [f32], shift: f32) {
+    exp_shifted_slice(Isa::detect(), y, shift);
+}
+
+/// MacridVAE's decoder pass over rows of `n`: `q = e^(q · s)` in place and `p += q ⊙ c`,
+/// with `c` one value per column; rows in parallel, the widest instructions this CPU has.
+pub(crate) fn exp_scaled_accumulate(q: &mut [f32], p: &mut [f32], c: &[f32], s: f32) {
+    let n = c.len();
+    assert_eq!(q.len(), p.len(), "q and p sizes");
+    if n == 0 {
+        return;
+    }
+    let isa = Isa::detect();
+    p.par_chunks_mut(n * row_chunk(n))
+        .zip(q.par_chunks_mut(n * row_chunk(n)))
+        .for_each(|(pr, qr)| {
+            for (pr, qr) in pr.chunks_exact_mut(n).zip(qr.chunks_exact_mut(n)) {
+                exp_scaled_accumulate_slice(isa, qr, pr, c, s);
+            }
+        });
 }
 
 per_isa! {
@@ -984,6 +1040,48 @@ mod tests {
         assert!(exp(-1e4) > 0.0 && exp(1e4).is_finite());
         assert_eq!(tanh(30.0), 1.0);
         assert_eq!(tanh(-30.0), -1.0);
+    }
+
+    /// The vectorised element-wise passes give, on every instruction set this CPU has, the
+    /// bits of the scalar [`exp`] and [`tanh`] element by element.
+    #[test]
+    fn elementwise_kernels_match_scalar_bits_on_every_isa() {
+        let mut rng = Rng(5);
+        // 1,000 values over [-100, 100] (past the clamp at both ends), a length that is not
+        // a multiple of any vector width.
+        let x: Vec<f32> = rng.vec(1000).iter().map(|v| v * 200.0).collect();
+        let c = rng.vec(1000);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        let want_exp: Vec<f32> = x.iter().map(|&v| exp(v - 1.5)).collect();
+        let want_tanh: Vec<f32> = x.iter().map(|&v| tanh(v)).collect();
+        let want_q: Vec<f32> = x.iter().map(|&v| exp(v * 0.1)).collect();
+        let want_p: Vec<f32> = want_q.iter().zip(&c).map(|(q, c)| 0.25 + q * c).collect();
+        let mut isas = vec![Isa::detect(), Isa::Generic];
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2);
+        }
+        for isa in isas {
+            let mut y = x.clone();
+            exp_shifted_slice(isa, &mut y, 1.5);
+            assert_eq!(bits(&y), bits(&want_exp), "{isa:?} exp");
+            let mut y = x.clone();
+            tanh_slice(isa, &mut y);
+            assert_eq!(bits(&y), bits(&want_tanh), "{isa:?} tanh");
+            let (mut q, mut p) = (x.clone(), vec![0.25f32; x.len()]);
+            exp_scaled_accumulate_slice(isa, &mut q, &mut p, &c, 0.1);
+            assert_eq!(bits(&q), bits(&want_q), "{isa:?} q");
+            assert_eq!(bits(&p), bits(&want_p), "{isa:?} p");
+        }
+        // The row-parallel wrapper: rows of 100 on 1 and 3 threads.
+        let run = |threads: usize| {
+            on_threads(threads, || {
+                let (mut q, mut p) = (x.clone(), vec![0.25f32; x.len()]);
+                exp_scaled_accumulate(&mut q, &mut p, &c[..100], 0.1);
+                (bits(&q), bits(&p))
+            })
+        };
+        assert_eq!(run(1), run(3));
     }
 
     #[test]

@@ -418,9 +418,7 @@ impl MultiVae {
                 }
                 // One exponential per entry: the row becomes exp(v - max), then is scaled.
                 let mut sum = 0f32;
-                for v in row.iter_mut() {
-                    *v = crate::kernels::exp(*v - max);
-                }
+                crate::kernels::exp_shifted(row, max);
                 for v in row.iter() {
                     sum += *v;
                 }

@@ -15,12 +15,12 @@ use super::{MacridVae, Noise, StepLoss};
 use crate::common::SparseBatch;
 use crate::conditioning;
 use crate::kernels::{
-    add_bias, col_sums, exp, matmul, row_chunk, tanh_backward, tanh_inplace, FacetCsr, Mat,
+    add_bias, col_sums, exp_scaled_accumulate, matmul, tanh_backward, tanh_inplace, FacetCsr, Mat,
 };
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
 fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
-    x.chunks_exact_mut(d)
+    x.par_chunks_exact_mut(d)
         .map(|row| {
             let n = (row.iter().map(|v| v * v).sum::<f32>() + 1e-24).sqrt();
             row.iter_mut().for_each(|v| *v /= n);
@@ -31,12 +31,15 @@ fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
 
 /// The gradient through [`normalise_rows`]: `dx = (dy − y (y · dy)) / n`.
 fn normalise_rows_backward(dy: &mut [f32], y: &[f32], norms: &[f32], d: usize) {
-    for ((g, y), n) in dy.chunks_exact_mut(d).zip(y.chunks_exact(d)).zip(norms) {
-        let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
-        for (g, y) in g.iter_mut().zip(y) {
-            *g = (*g - y * dot) / n;
-        }
-    }
+    dy.par_chunks_exact_mut(d)
+        .zip(y.par_chunks_exact(d))
+        .zip(norms)
+        .for_each(|((g, y), n)| {
+            let dot: f32 = g.iter().zip(y).map(|(a, b)| a * b).sum();
+            for (g, y) in g.iter_mut().zip(y) {
+                *g = (*g - y * dot) / n;
+            }
+        });
 }
 
 /// Rows per partial sum in column reductions over the batch (fixed, so the summation order
@@ -233,20 +236,25 @@ impl MacridVae {
         }
         let enc_out = h;
         let mut mu = vec![0f32; k * b * d];
-        for (m, o) in mu.chunks_exact_mut(d).zip(enc_out.chunks_exact(2 * d)) {
-            m.copy_from_slice(&o[..d]);
-        }
+        mu.par_chunks_exact_mut(d)
+            .zip(enc_out.par_chunks_exact(2 * d))
+            .for_each(|(m, o)| m.copy_from_slice(&o[..d]));
         let mu_norms = normalise_rows(&mut mu, d);
         let (mut sigma, mut z, mut z_norms) = (Vec::new(), mu.clone(), Vec::new());
         if let Some(nz) = noise {
             let std0 = self.config.std0 as f32;
-            sigma = enc_out
-                .chunks_exact(2 * d)
-                .flat_map(|o| o[d..].iter().map(move |h| (-0.5 * h).exp() * std0))
-                .collect();
-            for ((z, s), e) in z.iter_mut().zip(&sigma).zip(&nz.eps) {
-                *z += s * e;
-            }
+            sigma = vec![0f32; k * b * d];
+            sigma
+                .par_chunks_exact_mut(d)
+                .zip(z.par_chunks_exact_mut(d))
+                .zip(enc_out.par_chunks_exact(2 * d))
+                .zip(nz.eps.par_chunks_exact(d))
+                .for_each(|(((s, z), o), e)| {
+                    for ((s, z), (h, e)) in s.iter_mut().zip(z).zip(o[d..].iter().zip(e)) {
+                        *s = (-0.5 * h).exp() * std0;
+                        *z += *s * e;
+                    }
+                });
             z_norms = normalise_rows(&mut z, d);
         }
         // MacridVAE-C: z̃_k = normalise([z_k ; c_u]), the decoder's latent.
@@ -282,20 +290,7 @@ impl MacridVae {
                 Mat::new(&items_n, n, de).t(),
                 false,
             );
-            let cf = &ct[f * n..][..n];
-            probs
-                .par_chunks_mut(n * row_chunk(n))
-                .zip(qk.par_chunks_mut(n * row_chunk(n)))
-                .for_each(|(pr, qr)| {
-                    for (pr, qr) in pr.chunks_exact_mut(n).zip(qr.chunks_exact_mut(n)) {
-                        for q in qr.iter_mut() {
-                            *q = exp(*q * inv_tau);
-                        }
-                        for ((p, q), c) in pr.iter_mut().zip(qr.iter()).zip(cf) {
-                            *p += q * c;
-                        }
-                    }
-                });
+            exp_scaled_accumulate(qk, &mut probs, &ct[f * n..][..n], inv_tau);
         }
         if !training {
             q = Vec::new();
@@ -380,31 +375,38 @@ impl MacridVae {
             .collect();
         let dprobs = probs;
         let recon = recon_rows.iter().sum::<f64>() / b.max(1) as f64;
-        let mut kl = 0f64;
-        for o in t.enc_out.chunks_exact(2 * d) {
-            for &h in &o[d..] {
-                kl += 0.5 * (h as f64 + (-h as f64).exp() - 1.0);
-            }
-        }
-        kl /= b.max(1) as f64;
+        // The terms in parallel, summed in order.
+        let kl_terms: Vec<f64> = t
+            .enc_out
+            .par_chunks_exact(2 * d)
+            .flat_map_iter(|o| {
+                o[d..]
+                    .iter()
+                    .map(|&h| 0.5 * (h as f64 + (-h as f64).exp() - 1.0))
+            })
+            .collect();
+        let kl = kl_terms.iter().sum::<f64>() / b.max(1) as f64;
 
         // Decoder backward, per facet.
         let mut dc = vec![0f32; n * k];
         // The decoder's latent is z (plain) or z̃ (conditioned), `de` wide.
         let mut dz = vec![0f32; kb * de];
-        let mut d_items_n = vec![0f32; n * de];
+        let mut d_items_t = vec![0f32; de * n];
         let dec_z: &[f32] = if cd > 0 { &t.zt } else { &t.z };
         for f in 0..k {
             let qk = &mut t.q[f * b * n..][..b * n];
-            // dC_ik += Σ_r dp_ri Q_kri, in fixed row blocks.
+            // One pass over Q_k in fixed row blocks: dC_ik += Σ_r dp_ri Q_kri (block partial
+            // sums, added in block order), then dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ in place of Q_k.
+            let cf: Vec<f32> = (0..n).map(|i| t.c[i * k + f] * inv_tau).collect();
             let partial: Vec<Vec<f32>> = dprobs
                 .par_chunks(n * REDUCE_ROWS)
-                .zip(qk.par_chunks(n * REDUCE_ROWS))
+                .zip(qk.par_chunks_mut(n * REDUCE_ROWS))
                 .map(|(g, q)| {
                     let mut s = vec![0f32; n];
-                    for (g, q) in g.chunks_exact(n).zip(q.chunks_exact(n)) {
-                        for ((s, g), q) in s.iter_mut().zip(g).zip(q) {
-                            *s += g * q;
+                    for (g, q) in g.chunks_exact(n).zip(q.chunks_exact_mut(n)) {
+                        for (((s, g), q), c) in s.iter_mut().zip(g).zip(q).zip(&cf) {
+                            *s += g * *q;
+                            *q *= g * c;
                         }
                     }
                     s
@@ -417,17 +419,6 @@ impl MacridVae {
             for (i, v) in colsum.iter().enumerate() {
                 dc[i * k + f] += v;
             }
-            // dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ, in place of Q_k.
-            let cf: Vec<f32> = (0..n).map(|i| t.c[i * k + f] * inv_tau).collect();
-            qk.par_chunks_mut(n * row_chunk(n))
-                .zip(dprobs.par_chunks(n * row_chunk(n)))
-                .for_each(|(q, g)| {
-                    for (q, g) in q.chunks_exact_mut(n).zip(g.chunks_exact(n)) {
-                        for ((q, g), c) in q.iter_mut().zip(g).zip(&cf) {
-                            *q *= g * c;
-                        }
-                    }
-                });
             let qk = &t.q[f * b * n..][..b * n];
             matmul(
                 &mut dz[f * b * de..][..b * de],
@@ -435,12 +426,20 @@ impl MacridVae {
                 Mat::new(&t.items_n, n, de),
                 false,
             );
+            // The item embeddings' gradient, transposed (`[de, I]`: zᵀ dS is the faster
+            // product shape for gemm); transposed back after the last facet.
             matmul(
-                &mut d_items_n,
-                Mat::new(qk, b, n).t(),
-                Mat::new(&dec_z[f * b * de..][..b * de], b, de),
+                &mut d_items_t,
+                Mat::new(&dec_z[f * b * de..][..b * de], b, de).t(),
+                Mat::new(qk, b, n),
                 true,
             );
+        }
+        let mut d_items_n = vec![0f32; n * de];
+        for (i, row) in d_items_n.chunks_exact_mut(de).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = d_items_t[j * n + i];
+            }
         }
         if cd > 0 {
             // z̃ = normalise([z ; c_u]); c_u is data, so only the z columns carry on.
@@ -456,16 +455,17 @@ impl MacridVae {
         let mut dmu = dz.clone();
         normalise_rows_backward(&mut dmu, &t.mu, &t.mu_norms, d);
         let mut dy = vec![0f32; kb * 2 * d];
-        for r in 0..kb {
-            let o = &t.enc_out[r * 2 * d..][..2 * d];
-            let g = &mut dy[r * 2 * d..][..2 * d];
-            g[..d].copy_from_slice(&dmu[r * d..][..d]);
-            for j in 0..d {
-                let s = t.sigma[r * d + j];
-                let ds = dz[r * d + j] * noise.eps[r * d + j];
-                g[d + j] = -0.5 * ds * s + c_kl * 0.5 * (1.0 - (-o[d + j]).exp());
-            }
-        }
+        dy.par_chunks_exact_mut(2 * d)
+            .enumerate()
+            .for_each(|(r, g)| {
+                let o = &t.enc_out[r * 2 * d..][..2 * d];
+                g[..d].copy_from_slice(&dmu[r * d..][..d]);
+                for j in 0..d {
+                    let s = t.sigma[r * d + j];
+                    let ds = dz[r * d + j] * noise.eps[r * d + j];
+                    g[d + j] = -0.5 * ds * s + c_kl * 0.5 * (1.0 - (-o[d + j]).exp());
+                }
+            });
         // Shared encoder backward.
         let n_enc = (p.len() - 2) / 2;
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; p.len()];
