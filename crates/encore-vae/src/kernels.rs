@@ -729,8 +729,11 @@ per_isa! {
         vals: &[f32],
         max_group: usize,
     ) {
+        // Two column blocks per pass where the registers hold them (AVX-512: up to 16
+        // accumulators): twice the independent add chains. Any width gives the same sums.
+        let wide = max_group >= 8;
         for (g0, g) in facet_groups(rows.len(), max_group) {
-            with_group!(g, times_dense_group(&mut rows[g0..], g0, w, bias, cols, vals));
+            with_group!(g, times_dense_group(&mut rows[g0..], g0, w, bias, cols, vals, wide));
         }
     }
 }
@@ -744,9 +747,14 @@ fn times_dense_group<const G: usize>(
     bias: &[f32],
     cols: &[u32],
     vals: &[f32],
+    wide: bool,
 ) {
     let out = bias.len();
     let mut j = 0;
+    while wide && j + 2 * LANES <= out {
+        times_dense_block::<G, { 2 * LANES }>(rows, g0, w, bias, cols, vals, j);
+        j += 2 * LANES;
+    }
     while j + LANES <= out {
         times_dense_block::<G, LANES>(rows, g0, w, bias, cols, vals, j);
         j += LANES;

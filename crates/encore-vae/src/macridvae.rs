@@ -233,6 +233,19 @@ pub struct MacridVae {
     updates: u64,
     /// The item features `c_u` is computed from (MacridVAE-C); `None` for `none`.
     cond: Option<Conditioning>,
+    /// The training step's decoder buffer (`K x B x I` floats), kept between steps.
+    scratch: Scratch,
+}
+
+/// A reusable buffer; its contents are never read before being written, and it is neither
+/// saved nor printed in full.
+#[derive(Clone, Default)]
+struct Scratch(Vec<f32>);
+
+impl std::fmt::Debug for Scratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scratch({} floats)", self.0.len())
+    }
 }
 
 /// Parameter tensors of one forward pass on burn (the reference in the tests).
@@ -354,6 +367,7 @@ impl MacridVae {
             adam,
             updates: 0,
             cond,
+            scratch: Scratch::default(),
         })
     }
 
@@ -447,7 +461,9 @@ impl MacridVae {
         );
         // c_u from the user's training row (the model input).
         let cond = self.cond_vectors(train, users);
-        let (parts, grads) = self.loss_and_grads(&x, cond.as_deref(), &noise, beta);
+        let mut scratch = std::mem::take(&mut self.scratch.0);
+        let (parts, grads) = self.loss_and_grads(&x, cond.as_deref(), &noise, beta, &mut scratch);
+        self.scratch.0 = scratch;
         self.adam.step(&mut self.params, &grads);
         self.updates += 1;
         parts
@@ -671,7 +687,7 @@ impl Recommender for MacridVae {
             let x = SparseBatch::from_users(input, us);
             // c_u from these input rows only: held-out items cannot reach the scores.
             let cond = self.cond_vectors(input, us);
-            let (probs, _) = self.forward_hand(&x, cond.as_deref(), None);
+            let (probs, _) = self.forward_hand(&x, cond.as_deref(), None, Vec::new());
             out.par_iter_mut()
                 .zip(&probs)
                 .for_each(|(o, p)| *o = p.ln());
@@ -854,7 +870,7 @@ mod tests {
             eps: noise.eps.clone(),
         };
         let beta = 0.4;
-        let (parts, grads) = m.loss_and_grads(&x, cond.as_deref(), &noise, beta);
+        let (parts, grads) = m.loss_and_grads(&x, cond.as_deref(), &noise, beta, &mut Vec::new());
         let device = cpu().autodiff();
         let w = Weights::new(&m.params, &device);
         let (loss, recon, kl) = m.loss(&w, &x, cond.as_deref(), noise2, beta, &device);

@@ -89,12 +89,15 @@ impl MacridVae {
     /// The forward pass on raw batch `x`: `p` `[B, I]` (logits are `ln p`) and the trace.
     /// `noise = None` scores: softmax assignments, no dropout, `z = μ`. `cond`: the batch's
     /// conditioning vectors `[B, c]` (MacridVAE-C; item embeddings and prototypes are then
-    /// `d + c` wide).
+    /// `d + c` wide). `q`: a buffer for the decoder's `Q_k` (any contents; it comes back in
+    /// the trace, so training reuses it from step to step instead of faulting in `K x B x I`
+    /// fresh pages each time).
     pub(super) fn forward_hand(
         &self,
         x: &SparseBatch,
         cond: Option<&[f32]>,
         noise: Option<&Noise>,
+        mut q: Vec<f32>,
     ) -> (Vec<f32>, Trace) {
         let p = &self.params.list;
         let (k, d, b, n, tau) = (
@@ -276,7 +279,8 @@ impl MacridVae {
             .map(|(f, i)| c[i * k + f])
             .collect();
         let mut probs = vec![0f32; b * n];
-        let mut q = vec![0f32; if training { k * b * n } else { b * n }];
+        // Every `Q_k` is written in full (`matmul` without accumulation) before it is read.
+        q.resize(if training { k * b * n } else { b * n }, 0.0);
         let inv_tau = 1.0 / tau;
         for f in 0..k {
             let qk = if training {
@@ -322,7 +326,8 @@ impl MacridVae {
         )
     }
 
-    /// Loss parts and gradients (parameter order) of one training batch.
+    /// Loss parts and gradients (parameter order) of one training batch; `scratch` is the
+    /// decoder's `Q` buffer, kept by the caller between steps.
     #[allow(clippy::needless_range_loop)] // entries index three parallel arrays
     pub(super) fn loss_and_grads(
         &self,
@@ -330,6 +335,7 @@ impl MacridVae {
         cond: Option<&[f32]>,
         noise: &Noise,
         beta: f64,
+        scratch: &mut Vec<f32>,
     ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
         let p = &self.params.list;
         let (k, d, b, n, tau) = (
@@ -343,7 +349,7 @@ impl MacridVae {
         let cd = self.cd();
         let de = d + cd;
         let inv_tau = 1.0 / tau;
-        let (mut probs, mut t) = self.forward_hand(x, cond, Some(noise));
+        let (mut probs, mut t) = self.forward_hand(x, cond, Some(noise), std::mem::take(scratch));
         let xc = x.to_csr();
         let inv_b = 1.0 / b.max(1) as f32;
         // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
@@ -573,6 +579,7 @@ impl MacridVae {
         normalise_rows_backward(&mut d_cores_n, &t.cores_n, &t.core_norms, de);
         grads[0] = Some(d_items_n);
         grads[1] = Some(d_cores_n);
+        *scratch = std::mem::take(&mut t.q);
         let loss = StepLoss {
             loss: recon + beta * kl,
             recon,
