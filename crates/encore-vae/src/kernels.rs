@@ -188,13 +188,22 @@ pub(crate) fn tanh_backward(g: &mut [f32], a: &[f32]) {
 }
 
 /// Column sums of a row-major `[rows, n]` matrix (rows summed in order).
+/// Ranges of columns run in parallel, each summing all rows in order, so every column gets
+/// the sequential sum whatever the number of threads.
 pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
+    const COLS: usize = 64;
     let mut s = vec![0f32; n];
-    for row in y.chunks_exact(n) {
-        for (a, b) in s.iter_mut().zip(row) {
-            *a += b;
-        }
+    if n == 0 {
+        return s;
     }
+    s.par_chunks_mut(COLS).enumerate().for_each(|(c, s)| {
+        let cols = c * COLS..c * COLS + s.len();
+        for row in y.chunks_exact(n) {
+            for (a, b) in s.iter_mut().zip(&row[cols.clone()]) {
+                *a += b;
+            }
+        }
+    });
     s
 }
 
@@ -1090,6 +1099,24 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(3));
+    }
+
+    #[test]
+    fn column_sums_are_the_sequential_row_sums_on_any_thread_count() {
+        let mut rng = Rng(6);
+        let (rows, n) = (301, 600);
+        let y = rng.vec(rows * n);
+        let mut want = vec![0f32; n];
+        for r in 0..rows {
+            for j in 0..n {
+                want[j] += y[r * n + j];
+            }
+        }
+        for threads in [1, 2, 3] {
+            let got = on_threads(threads, || col_sums(&y, n));
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+        assert!(col_sums(&[], 0).is_empty());
     }
 
     #[test]
