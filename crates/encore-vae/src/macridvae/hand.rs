@@ -381,16 +381,16 @@ impl MacridVae {
             .collect();
         let dprobs = probs;
         let recon = recon_rows.iter().sum::<f64>() / b.max(1) as f64;
-        // The terms in parallel, summed in order.
-        let kl_terms: Vec<f64> = t
-            .enc_out
-            .par_chunks_exact(2 * d)
-            .flat_map_iter(|o| {
-                o[d..]
-                    .iter()
-                    .map(|&h| 0.5 * (h as f64 + (-h as f64).exp() - 1.0))
-            })
-            .collect();
+        // The terms in parallel (into their places), summed in order.
+        let mut kl_terms = vec![0f64; kb * d];
+        kl_terms
+            .par_chunks_exact_mut(d)
+            .zip(t.enc_out.par_chunks_exact(2 * d))
+            .for_each(|(kt, o)| {
+                for (kt, &h) in kt.iter_mut().zip(&o[d..]) {
+                    *kt = 0.5 * (h as f64 + (-h as f64).exp() - 1.0);
+                }
+            });
         let kl = kl_terms.iter().sum::<f64>() / b.max(1) as f64;
 
         // Decoder backward, per facet.
