@@ -1114,7 +1114,10 @@ mod tests {
         }
         for threads in [1, 2, 3] {
             let got = on_threads(threads, || col_sums(&y, n));
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
         assert!(col_sums(&[], 0).is_empty());
     }

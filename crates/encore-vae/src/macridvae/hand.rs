@@ -90,8 +90,8 @@ impl MacridVae {
     /// `noise = None` scores: softmax assignments, no dropout, `z = μ`. `cond`: the batch's
     /// conditioning vectors `[B, c]` (MacridVAE-C; item embeddings and prototypes are then
     /// `d + c` wide). `q`: a buffer for the decoder's `Q_k` (any contents; it comes back in
-    /// the trace, so training reuses it from step to step instead of faulting in `K x B x I`
-    /// fresh pages each time).
+    /// the trace, so training reuses it from step to step instead of allocating and zeroing
+    /// `K x B x I` floats each time).
     pub(super) fn forward_hand(
         &self,
         x: &SparseBatch,
