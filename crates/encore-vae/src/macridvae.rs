@@ -237,10 +237,16 @@ pub struct MacridVae {
     scratch: Scratch,
 }
 
-/// A reusable buffer; its contents are never read before being written, and it is neither
-/// saved nor printed in full.
-#[derive(Clone, Default)]
+/// A reusable buffer; its contents are never read before being written, so it is neither
+/// saved, cloned (a clone starts empty) nor printed in full.
+#[derive(Default)]
 struct Scratch(Vec<f32>);
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
 
 impl std::fmt::Debug for Scratch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
