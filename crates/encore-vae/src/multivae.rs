@@ -300,32 +300,46 @@ impl MultiVae {
     /// `y = a W_l[..ih] + c W_l[ih..] + b_l` for dense layer `l` (`a` `[B, ih]`, `c` the batch's
     /// conditioning vectors `[B, cond_dim]` where [`MultiVae::cond_rows`] is non-zero).
     fn dense_forward(&self, l: usize, a: &[f32], cond: Option<&[f32]>, b: usize) -> Vec<f32> {
+        let mut y = vec![0f32; b * self.shape(l).1];
+        self.dense_forward_into(l, a, cond, b, &mut y);
+        y
+    }
+
+    /// [`MultiVae::dense_forward`] into `y` `[B, o]` (any contents; overwritten).
+    fn dense_forward_into(
+        &self,
+        l: usize,
+        a: &[f32],
+        cond: Option<&[f32]>,
+        b: usize,
+        y: &mut [f32],
+    ) {
         let p = &self.params.list;
         let (i, o) = self.shape(l);
         let cr = self.cond_rows(l);
         let ih = i - cr;
         let w = &p[2 * l].data;
-        let mut y = vec![0f32; b * o];
-        matmul(
-            &mut y,
-            Mat::new(a, b, ih),
-            Mat::new(&w[..ih * o], ih, o),
-            false,
-        );
+        matmul(y, Mat::new(a, b, ih), Mat::new(&w[..ih * o], ih, o), false);
         if cr > 0 {
             let c = cond.expect("a conditioned model scores with conditioning vectors");
             let yc = conditioning::cond_product(c, &w[ih * o..], b, cr, o);
             y.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
         }
-        add_bias(&mut y, &p[2 * l + 1].data);
-        y
+        add_bias(y, &p[2 * l + 1].data);
     }
 
     /// The forward pass on a (normalised, possibly dropped-out) sparse batch: the item logits
     /// `[B, I]` and the trace. `cond` holds the batch's conditioning vectors `[B, cond_dim]`
     /// (MultiVAE-C; `None` for the plain model). `eps` (`[B, d]`, already scaled by
-    /// `noise_std`) gives `z = μ + σ ⊙ ε`; `None` gives `z = μ` (scoring).
-    fn forward(&self, input: &Csr, cond: Option<&[f32]>, eps: Option<&[f32]>) -> (Vec<f32>, Trace) {
+    /// `noise_std`) gives `z = μ + σ ⊙ ε`; `None` gives `z = μ` (scoring). With `out`
+    /// (`[B, I]`) the logits are written there instead (and the returned vector is empty).
+    fn forward(
+        &self,
+        input: &Csr,
+        cond: Option<&[f32]>,
+        eps: Option<&[f32]>,
+        mut out: Option<&mut [f32]>,
+    ) -> (Vec<f32>, Trace) {
         let p = &self.params.list;
         let (nl, ne, b, d) = (
             self.n_layers(),
@@ -363,10 +377,19 @@ impl MultiVae {
         }
         let mut g = z;
         for (l, slot) in inputs.iter_mut().enumerate().skip(ne) {
-            let mut y = self.dense_forward(l, &g, cond, b);
-            if l != nl - 1 {
-                tanh_inplace(&mut y);
-            }
+            let y = match out.as_deref_mut() {
+                Some(out) if l == nl - 1 => {
+                    self.dense_forward_into(l, &g, cond, b, out);
+                    Vec::new()
+                }
+                _ => {
+                    let mut y = self.dense_forward(l, &g, cond, b);
+                    if l != nl - 1 {
+                        tanh_inplace(&mut y);
+                    }
+                    y
+                }
+            };
             *slot = std::mem::replace(&mut g, y);
         }
         (
@@ -401,7 +424,7 @@ impl MultiVae {
             self.config.latent_dim,
             self.n_items,
         );
-        let (mut dy, trace) = self.forward(input, cond, Some(eps));
+        let (mut dy, trace) = self.forward(input, cond, Some(eps), None);
         let inv_b = 1.0 / b.max(1) as f32;
         // Fused log-softmax, multinomial loss and its gradient, row by row.
         let recon_rows: Vec<f64> = dy
@@ -759,7 +782,7 @@ impl Recommender for MultiVae {
             let x = SparseBatch::from_users(input, chunk).l2_normalised();
             // c_u from these input rows only: held-out items cannot reach the scores.
             let cond = self.cond_vectors(input, chunk);
-            out.copy_from_slice(&self.forward(&x.to_csr(), cond.as_deref(), None).0);
+            self.forward(&x.to_csr(), cond.as_deref(), None, Some(out));
         }
     }
 
