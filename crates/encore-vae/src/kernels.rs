@@ -83,6 +83,32 @@ impl<'a> Mat<'a> {
 /// `out = (accumulate ? out : 0) + a · b`, `out` row-major `[m, n]`.
 pub(crate) fn matmul(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
     let (m, k) = a.shape();
+    let (_, n) = b.shape();
+    matmul_on(out, a, b, accumulate, parallelism(2 * m * n * k));
+}
+
+/// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
+pub(crate) fn transpose_into(a: &[f32], r: usize, c: usize, out: &mut [f32]) {
+    assert_eq!(a.len(), r * c, "input size");
+    assert_eq!(out.len(), r * c, "output size");
+    if r == 0 || c == 0 {
+        return;
+    }
+    out.par_chunks_mut(r).enumerate().for_each(|(j, row)| {
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = a[i * c + j];
+        }
+    });
+}
+
+fn matmul_on(
+    out: &mut [f32],
+    a: Mat<'_>,
+    b: Mat<'_>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(out.len(), m * n, "output size");
@@ -120,7 +146,7 @@ pub(crate) fn matmul(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) 
             false,
             false,
             false,
-            parallelism(2 * m * n * k),
+            parallelism,
         );
     }
 }
@@ -648,12 +674,14 @@ impl FacetCsr {
     /// `u`'s entries in order (as [`Csr::times_dense`] on the `K * B` rows). Users in
     /// parallel; per user, [`LANES`]-column blocks of a group of facets are accumulated in
     /// registers while the user's entries are walked, so each weight block is loaded once per
-    /// facet group instead of once per facet.
-    pub fn times_dense(&self, w: &[f32], bias: &[f32]) -> Vec<f32> {
+    /// facet group instead of once per facet. `y` is resized to `[K * B, out]` and every
+    /// element is written, so it may come with any contents (a buffer kept from an earlier
+    /// step).
+    pub fn times_dense_into(&self, w: &[f32], bias: &[f32], y: &mut Vec<f32>) {
         let (k, b, out) = (self.n_facets, self.n_users, bias.len());
-        let mut y = vec![0f32; k * b * out];
+        y.resize(k * b * out, 0.0);
         if y.is_empty() {
-            return y;
+            return;
         }
         // Each user's K output rows (disjoint: one in each facet's block).
         let mut rows: Vec<Vec<&mut [f32]>> = (0..b).map(|_| Vec::with_capacity(k)).collect();
@@ -669,10 +697,17 @@ impl FacetCsr {
             let vals = &self.values[ents.start * k..ents.end * k];
             times_dense_user(isa, rows, w, bias, cols, vals, isa.max_group());
         });
+    }
+
+    /// [`FacetCsr::times_dense_into`] a new vector.
+    #[cfg(test)]
+    pub fn times_dense(&self, w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let mut y = Vec::new();
+        self.times_dense_into(w, bias, &mut y);
         y
     }
 
-    /// `Xᵀ G` summed over the facets, the weight gradient of [`FacetCsr::times_dense`]:
+    /// `Xᵀ G` summed over the facets, the weight gradient of [`FacetCsr::times_dense_into`]:
     /// `dW[c, :] = Σ_u Σ_{e of u, col_e = c} Σ_f values[e, f] · G[f * B + u, :]`, dense
     /// `[n_cols, out]`, `G` facet-major `[K * B, out]`. Walked user by user, so a user's `K`
     /// gradient rows are loaded once and each entry's weight-gradient row is read and written
@@ -686,24 +721,40 @@ impl FacetCsr {
         if dw.is_empty() {
             return dw;
         }
-        // The ranges only split the work: any split gives the same sums.
-        let threads = rayon::current_num_threads();
-        let per = if threads > 1 {
-            n_cols.div_ceil(8 * threads).max(1)
-        } else {
-            n_cols
-        };
+        // The ranges only split the work: any split gives the same sums. One range per
+        // thread, each with about the same number of entries: every range walks all users
+        // and reloads the gradient rows of each user it touches, so more (or unevenly
+        // filled) ranges cost memory traffic.
+        let threads = rayon::current_num_threads().max(1);
+        let mut count = vec![0usize; n_cols + 1];
+        self.cols.iter().for_each(|&c| count[c as usize + 1] += 1);
+        for c in 0..n_cols {
+            count[c + 1] += count[c];
+        }
+        let mut bounds = vec![0usize];
+        for t in 1..threads {
+            let want = self.nnz() * t / threads;
+            let c = count.partition_point(|&v| v < want).min(n_cols);
+            if c > *bounds.last().expect("starts at 0") {
+                bounds.push(c);
+            }
+        }
+        bounds.push(n_cols);
+        let mut rest = &mut dw[..];
+        let mut ranges = Vec::with_capacity(bounds.len() - 1);
+        for w in bounds.windows(2) {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * out);
+            ranges.push((w[0], mine));
+            rest = tail;
+        }
         let isa = Isa::detect();
-        dw.par_chunks_mut(per * out)
-            .enumerate()
-            .for_each(|(chunk, dw)| {
-                let lo = chunk * per;
-                transpose_times_range(isa, dw, lo, self, g, out);
-            });
+        ranges.into_par_iter().for_each(|(lo, dw)| {
+            transpose_times_range(isa, dw, lo, self, g, out);
+        });
         dw
     }
 
-    /// The value gradient of [`FacetCsr::times_dense`]: `dv[e, f] = <W[col_e, :], G[f * B +
+    /// The value gradient of [`FacetCsr::times_dense_into`]: `dv[e, f] = <W[col_e, :], G[f * B +
     /// u, :]>` for every entry `e` of user `u`, `[nnz, K]` like `values` (dropped entries
     /// get their gradient too; the caller ignores it). Users in parallel; per entry the weight
     /// row is loaded from memory once and dotted with the user's `K` gradient rows (which
@@ -977,24 +1028,16 @@ mod tests {
         c
     }
 
-    fn transpose(a: &[f32], r: usize, c: usize) -> Vec<f32> {
-        let mut t = vec![0f32; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                t[j * r + i] = a[i * c + j];
-            }
-        }
-        t
-    }
-
     #[test]
     fn matmul_with_transposes_matches_naive() {
         let (m, k, n) = (5, 7, 3);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(&a, &b, m, k, n);
-        let at = transpose(&a, m, k);
-        let bt = transpose(&b, k, n);
+        let mut at = vec![0f32; m * k];
+        transpose_into(&a, m, k, &mut at);
+        let mut bt = vec![0f32; k * n];
+        transpose_into(&b, k, n, &mut bt);
         for (am, bm) in [
             (Mat::new(&a, m, k), Mat::new(&b, k, n)),
             (Mat::new(&at, k, m).t(), Mat::new(&b, k, n)),
@@ -1348,6 +1391,14 @@ mod tests {
             let y = x.times_dense(&w, &bias);
             let want = csr.times_dense(&w, &bias);
             assert_close(&y, &want, &xa.times_dense(&wa, &abs(&bias)), "times_dense");
+            // A reused buffer's old contents (here NaN, longer than needed) are overwritten.
+            let mut reused = vec![f32::NAN; y.len() + 3];
+            x.times_dense_into(&w, &bias, &mut reused);
+            assert_eq!(reused.len(), y.len());
+            assert!(reused
+                .iter()
+                .zip(&y)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
 
             let dw = x.transpose_times(&g, out, n_cols);
             let want = csr.transpose_times(&g, out, n_cols);

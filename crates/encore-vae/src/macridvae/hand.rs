@@ -11,11 +11,12 @@
 
 use rayon::prelude::*;
 
-use super::{MacridVae, Noise, StepLoss};
+use super::{MacridVae, Noise, Scratch, StepLoss};
 use crate::common::SparseBatch;
 use crate::conditioning;
 use crate::kernels::{
-    add_bias, col_sums, exp_scaled_accumulate, matmul, tanh_backward, tanh_inplace, FacetCsr, Mat,
+    add_bias, col_sums, exp_scaled_accumulate, matmul, tanh_backward, tanh_inplace, transpose_into,
+    FacetCsr, Mat,
 };
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
@@ -46,25 +47,26 @@ fn normalise_rows_backward(dy: &mut [f32], y: &[f32], norms: &[f32], d: usize) {
 /// does not depend on the thread count).
 const REDUCE_ROWS: usize = 64;
 
-/// What the training forward pass keeps for the backward pass.
-pub(super) struct Trace {
+/// The first part of the forward pass ([`MacridVae::front_hand`]), kept in the [`Trace`].
+pub(super) struct Front {
     items_n: Vec<f32>,
     item_norms: Vec<f32>,
     cores_n: Vec<f32>,
     core_norms: Vec<f32>,
-    /// Assignments `C` `[I, K]`.
     c: Vec<f32>,
-    /// The first layer's input, all facets of a user together.
     first: FacetCsr,
-    /// Per entry of `first`: the entry of the raw batch it comes from.
     src: Vec<usize>,
-    /// Per entry and facet of `first` (`[nnz, K]`): whether the entry is in that facet's
-    /// input (not dropped out); dropped ones are zeros in `first` and get no gradient.
     kept: Vec<bool>,
-    /// Per-facet row norms `[K * B]` (per-facet normalisation only).
     facet_norms: Vec<f32>,
-    /// Whole-row input: per raw entry, its normalised (not dropped-out) value.
     base: Vec<f32>,
+    /// The first layer's output `[K * B, hidden]`, before the `tanh`.
+    h: Vec<f32>,
+}
+
+/// What the training forward pass keeps for the backward pass.
+pub(super) struct Trace {
+    /// [`MacridVae::front_hand`]'s output, its `h` moved to `inputs[1]` (after the `tanh`).
+    front: Front,
     inputs: Vec<Vec<f32>>,
     enc_out: Vec<f32>,
     mu: Vec<f32>,
@@ -97,8 +99,20 @@ impl MacridVae {
         x: &SparseBatch,
         cond: Option<&[f32]>,
         noise: Option<&Noise>,
-        mut q: Vec<f32>,
+        q: Vec<f32>,
     ) -> (Vec<f32>, Trace) {
+        self.forward_from(self.front_hand(x, noise, Vec::new()), x, cond, noise, q)
+    }
+
+    /// The part of the forward pass that needs no `ε` (noise: only the Gumbel draws and
+    /// the dropout masks are read): normalised embeddings, assignments, the first layer's
+    /// sparse input and its output (before the `tanh`), written into `h` (any contents).
+    pub(super) fn front_hand(
+        &self,
+        x: &SparseBatch,
+        noise: Option<&Noise>,
+        mut h: Vec<f32>,
+    ) -> Front {
         let p = &self.params.list;
         let (k, d, b, n, tau) = (
             self.config.n_facets,
@@ -109,7 +123,6 @@ impl MacridVae {
         );
         let cd = self.cd();
         let de = d + cd;
-        let training = noise.is_some();
         let mut items_n = p[0].data.clone();
         let item_norms = normalise_rows(&mut items_n, de);
         let mut cores_n = p[1].data.clone();
@@ -206,11 +219,49 @@ impl MacridVae {
             cols,
             values: vals,
         };
+        first.times_dense_into(&p[2].data, &p[3].data, &mut h);
+        Front {
+            items_n,
+            item_norms,
+            cores_n,
+            core_norms,
+            c,
+            first,
+            src,
+            kept,
+            facet_norms,
+            base,
+            h,
+        }
+    }
+
+    /// The rest of the forward pass from [`MacridVae::front_hand`]'s output (see
+    /// [`MacridVae::forward_hand`]).
+    pub(super) fn forward_from(
+        &self,
+        mut front: Front,
+        x: &SparseBatch,
+        cond: Option<&[f32]>,
+        noise: Option<&Noise>,
+        mut q: Vec<f32>,
+    ) -> (Vec<f32>, Trace) {
+        let p = &self.params.list;
+        let (k, d, b, n, tau) = (
+            self.config.n_facets,
+            self.config.latent_dim,
+            x.n_rows,
+            self.n_items,
+            self.config.tau as f32,
+        );
+        let cd = self.cd();
+        let de = d + cd;
+        let training = noise.is_some();
+        let mut h = std::mem::take(&mut front.h);
+        let (items_n, c) = (&front.items_n, &front.c);
 
         // Shared encoder on the K * B rows.
         let n_enc = (p.len() - 2) / 2;
         let mut inputs = vec![Vec::new(); n_enc];
-        let mut h = first.times_dense(&p[2].data, &p[3].data);
         for (l, slot) in inputs.iter_mut().enumerate().skip(1) {
             tanh_inplace(&mut h);
             let (i, o) = self.enc_shape(l);
@@ -291,7 +342,7 @@ impl MacridVae {
             matmul(
                 qk,
                 Mat::new(&dec_z[f * b * de..][..b * de], b, de),
-                Mat::new(&items_n, n, de).t(),
+                Mat::new(items_n, n, de).t(),
                 false,
             );
             exp_scaled_accumulate(qk, &mut probs, &ct[f * n..][..n], inv_tau);
@@ -302,16 +353,7 @@ impl MacridVae {
         (
             probs,
             Trace {
-                items_n,
-                item_norms,
-                cores_n,
-                core_norms,
-                c,
-                first,
-                src,
-                kept,
-                facet_norms,
-                base,
+                front,
                 inputs,
                 enc_out,
                 mu,
@@ -326,16 +368,17 @@ impl MacridVae {
         )
     }
 
-    /// Loss parts and gradients (parameter order) of one training batch; `scratch` is the
-    /// decoder's `Q` buffer, kept by the caller between steps.
+    /// Loss parts and gradients (parameter order) of one training batch from the output of
+    /// [`MacridVae::front_hand`]; `scratch` holds the step's large buffers between steps.
     #[allow(clippy::needless_range_loop)] // entries index three parallel arrays
     pub(super) fn loss_and_grads(
         &self,
+        front: Front,
         x: &SparseBatch,
         cond: Option<&[f32]>,
         noise: &Noise,
         beta: f64,
-        scratch: &mut Vec<f32>,
+        scratch: &mut Scratch,
     ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
         let p = &self.params.list;
         let (k, d, b, n, tau) = (
@@ -349,7 +392,8 @@ impl MacridVae {
         let cd = self.cd();
         let de = d + cd;
         let inv_tau = 1.0 / tau;
-        let (mut probs, mut t) = self.forward_hand(x, cond, Some(noise), std::mem::take(scratch));
+        let (mut probs, mut t) =
+            self.forward_from(front, x, cond, Some(noise), std::mem::take(&mut scratch.q));
         let xc = x.to_csr();
         let inv_b = 1.0 / b.max(1) as f32;
         // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
@@ -399,11 +443,12 @@ impl MacridVae {
         let mut dz = vec![0f32; kb * de];
         let mut d_items_t = vec![0f32; de * n];
         let dec_z: &[f32] = if cd > 0 { &t.zt } else { &t.z };
-        for f in 0..k {
-            let qk = &mut t.q[f * b * n..][..b * n];
-            // One pass over Q_k in fixed row blocks: dC_ik += Σ_r dp_ri Q_kri (block partial
-            // sums, added in block order), then dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ in place of Q_k.
-            let cf: Vec<f32> = (0..n).map(|i| t.c[i * k + f] * inv_tau).collect();
+        // One pass over Q_k in fixed row blocks: dC_ik += Σ_r dp_ri Q_kri (block partial sums,
+        // added in block order), then dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ in place of Q_k.
+        let c_all = &t.front.c;
+        let dprobs = &dprobs;
+        let colsum_pass = |f: usize, qk: &mut [f32]| -> Vec<f32> {
+            let cf: Vec<f32> = (0..n).map(|i| c_all[i * k + f] * inv_tau).collect();
             let partial: Vec<Vec<f32>> = dprobs
                 .par_chunks(n * REDUCE_ROWS)
                 .zip(qk.par_chunks_mut(n * REDUCE_ROWS))
@@ -422,31 +467,50 @@ impl MacridVae {
             for s in partial {
                 colsum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
             }
+            colsum
+        };
+        // Pipelined: facet f's item-embedding product runs beside facet f + 1's pass (the
+        // product alone keeps a second thread only partly busy). Both still run in facet
+        // order, so the sums are those of the sequential loop.
+        let mut qs: Vec<&mut [f32]> = t.q.chunks_mut(b * n).collect();
+        let mut colsum = if k > 0 {
+            colsum_pass(0, qs[0])
+        } else {
+            Vec::new()
+        };
+        for f in 0..k {
             for (i, v) in colsum.iter().enumerate() {
                 dc[i * k + f] += v;
             }
-            let qk = &t.q[f * b * n..][..b * n];
-            matmul(
-                &mut dz[f * b * de..][..b * de],
-                Mat::new(qk, b, n),
-                Mat::new(&t.items_n, n, de),
-                false,
-            );
+            let (done, next) = qs.split_at_mut(f + 1);
+            let qk: &[f32] = done[f];
+            let z_f = &dec_z[f * b * de..][..b * de];
             // The item embeddings' gradient, transposed (`[de, I]`: zᵀ dS is the faster
             // product shape for gemm); transposed back after the last facet.
-            matmul(
-                &mut d_items_t,
-                Mat::new(&dec_z[f * b * de..][..b * de], b, de).t(),
-                Mat::new(qk, b, n),
-                true,
+            let d_items_t = &mut d_items_t;
+            let ((), following) = rayon::join(
+                || {
+                    matmul(
+                        d_items_t,
+                        Mat::new(z_f, b, de).t(),
+                        Mat::new(qk, b, n),
+                        true,
+                    )
+                },
+                || next.first_mut().map(|q| colsum_pass(f + 1, q)),
             );
+            colsum = following.unwrap_or_default();
         }
+        // dz_k = dS_k Ĥ for all facets in one product (each row's sum is the same as in a
+        // per-facet product; the K * B rows give gemm more to split across threads).
+        matmul(
+            &mut dz,
+            Mat::new(&t.q, kb, n),
+            Mat::new(&t.front.items_n, n, de),
+            false,
+        );
         let mut d_items_n = vec![0f32; n * de];
-        for (i, row) in d_items_n.chunks_exact_mut(de).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = d_items_t[j * n + i];
-            }
-        }
+        transpose_into(&d_items_t, de, n, &mut d_items_n);
         if cd > 0 {
             // z̃ = normalise([z ; c_u]); c_u is data, so only the z columns carry on.
             normalise_rows_backward(&mut dz, &t.zt, &t.zt_norms, de);
@@ -480,13 +544,17 @@ impl MacridVae {
             let cr = if l == n_enc - 1 { cd } else { 0 };
             let ih = i - cr;
             let a = &t.inputs[l];
-            let mut dw = vec![0f32; i * o];
+            // dWᵀ = dYᵀ A is the faster product shape for gemm here (`[o, ih]` over the
+            // `K * B` rows); the sums are the same bits as Aᵀ dY's.
+            let mut dwt = vec![0f32; o * ih];
             matmul(
-                &mut dw[..ih * o],
-                Mat::new(a, kb, ih).t(),
-                Mat::new(&dy, kb, o),
+                &mut dwt,
+                Mat::new(&dy, kb, o).t(),
+                Mat::new(a, kb, ih),
                 false,
             );
+            let mut dw = vec![0f32; i * o];
+            transpose_into(&dwt, o, ih, &mut dw[..ih * o]);
             if cr > 0 {
                 // The c_u rows: Σ_k c_uᵀ dY_k = c_uᵀ (Σ_k dY_k), facets summed in order.
                 let cv = cond.expect("conditioning vectors of a conditioned model");
@@ -505,7 +573,14 @@ impl MacridVae {
             }
             grads[2 + 2 * l] = Some(dw);
             grads[3 + 2 * l] = Some(col_sums(&dy, o));
-            let mut da = vec![0f32; kb * ih];
+            // Written in full by the product (`accumulate` false).
+            let mut da = if l == 1 {
+                let mut buf = std::mem::take(&mut scratch.first_grad);
+                buf.resize(kb * ih, 0.0);
+                buf
+            } else {
+                vec![0f32; kb * ih]
+            };
             matmul(
                 &mut da,
                 Mat::new(&dy, kb, o),
@@ -516,13 +591,13 @@ impl MacridVae {
             dy = da;
         }
         let hidden = self.enc_shape(0).1;
-        grads[2] = Some(t.first.transpose_times(&dy, hidden, n));
+        grads[2] = Some(t.front.first.transpose_times(&dy, hidden, n));
         grads[3] = Some(col_sums(&dy, hidden));
         // The first layer's values carry gradient to C.
-        let dv = t.first.value_grads(&p[2].data, &dy, hidden);
+        let dv = t.front.first.value_grads(&p[2].data, &dy, hidden);
         let scale = noise.scale;
         // Facet by facet, each user's kept entries in batch order.
-        let (first, kept) = (&t.first, &t.kept);
+        let (first, kept) = (&t.front.first, &t.front.kept);
         let entries = |r: usize| {
             let (f, u) = (r / b, r % b);
             (first.offsets[u]..first.offsets[u + 1]).filter(move |&j| kept[j * k + f])
@@ -531,19 +606,19 @@ impl MacridVae {
             for r in 0..kb {
                 let f = r / b;
                 for j in entries(r) {
-                    let e = t.src[j];
-                    dc[x.items[e] as usize * k + f] += dv[j * k + f] * t.base[e] * scale;
+                    let e = t.front.src[j];
+                    dc[x.items[e] as usize * k + f] += dv[j * k + f] * t.front.base[e] * scale;
                 }
             }
         } else {
             // u_e = c_e / ‖c‖ · m_e with c_e = x_e C_{i_e k}: dc_e = q_e / ‖c‖ − c_e (Σ q c) / ‖c‖³.
             for r in 0..kb {
                 let (f, u) = (r / b, r % b);
-                let norm = t.facet_norms[r];
-                let cval = |e: usize| x.values[e] * t.c[x.items[e] as usize * k + f];
+                let norm = t.front.facet_norms[r];
+                let cval = |e: usize| x.values[e] * t.front.c[x.items[e] as usize * k + f];
                 let mut s = 0f32;
                 for j in entries(r) {
-                    let e = t.src[j];
+                    let e = t.front.src[j];
                     let q = dv[j * k + f] * scale;
                     s += q * cval(e);
                     dc[x.items[e] as usize * k + f] += x.values[e] * q / norm;
@@ -556,7 +631,7 @@ impl MacridVae {
         }
         // C = softmax(A), A = Ĥ M̂ᵀ / τ (+ Gumbel).
         let mut da = dc;
-        for (g, c) in da.chunks_exact_mut(k).zip(t.c.chunks_exact(k)) {
+        for (g, c) in da.chunks_exact_mut(k).zip(t.front.c.chunks_exact(k)) {
             let dot: f32 = g.iter().zip(c).map(|(a, b)| a * b).sum();
             for (g, c) in g.iter_mut().zip(c) {
                 *g = c * (*g - dot) * inv_tau;
@@ -565,21 +640,23 @@ impl MacridVae {
         matmul(
             &mut d_items_n,
             Mat::new(&da, n, k),
-            Mat::new(&t.cores_n, k, de),
+            Mat::new(&t.front.cores_n, k, de),
             true,
         );
         let mut d_cores_n = vec![0f32; k * de];
         matmul(
             &mut d_cores_n,
             Mat::new(&da, n, k).t(),
-            Mat::new(&t.items_n, n, de),
+            Mat::new(&t.front.items_n, n, de),
             false,
         );
-        normalise_rows_backward(&mut d_items_n, &t.items_n, &t.item_norms, de);
-        normalise_rows_backward(&mut d_cores_n, &t.cores_n, &t.core_norms, de);
+        normalise_rows_backward(&mut d_items_n, &t.front.items_n, &t.front.item_norms, de);
+        normalise_rows_backward(&mut d_cores_n, &t.front.cores_n, &t.front.core_norms, de);
         grads[0] = Some(d_items_n);
         grads[1] = Some(d_cores_n);
-        *scratch = std::mem::take(&mut t.q);
+        scratch.q = std::mem::take(&mut t.q);
+        scratch.first_out = std::mem::take(&mut t.inputs[1]);
+        scratch.first_grad = dy;
         let loss = StepLoss {
             loss: recon + beta * kl,
             recon,
