@@ -470,8 +470,15 @@ impl MacridVae {
             colsum
         };
         // Pipelined: facet f's item-embedding product runs beside facet f + 1's pass (the
-        // product alone keeps a second thread only partly busy). Both still run in facet
-        // order, so the sums are those of the sequential loop.
+        // product alone keeps a second thread only partly busy), the last one beside the dz
+        // product. Each still runs in facet order, so the sums are those of the sequential
+        // loop.
+        // The item embeddings' gradient, transposed (`[de, I]`: zᵀ dS is the faster product
+        // shape for gemm); transposed back after the last facet.
+        let d_items_product = |out: &mut [f32], f: usize, qk: &[f32]| {
+            let z_f = &dec_z[f * b * de..][..b * de];
+            matmul(out, Mat::new(z_f, b, de).t(), Mat::new(qk, b, n), true);
+        };
         let mut qs: Vec<&mut [f32]> = t.q.chunks_mut(b * n).collect();
         let mut colsum = if k > 0 {
             colsum_pass(0, qs[0])
@@ -482,32 +489,38 @@ impl MacridVae {
             for (i, v) in colsum.iter().enumerate() {
                 dc[i * k + f] += v;
             }
+            if f + 1 == k {
+                break;
+            }
             let (done, next) = qs.split_at_mut(f + 1);
             let qk: &[f32] = done[f];
-            let z_f = &dec_z[f * b * de..][..b * de];
-            // The item embeddings' gradient, transposed (`[de, I]`: zᵀ dS is the faster
-            // product shape for gemm); transposed back after the last facet.
             let d_items_t = &mut d_items_t;
-            let ((), following) = rayon::join(
-                || {
-                    matmul(
-                        d_items_t,
-                        Mat::new(z_f, b, de).t(),
-                        Mat::new(qk, b, n),
-                        true,
-                    )
-                },
-                || next.first_mut().map(|q| colsum_pass(f + 1, q)),
-            );
-            colsum = following.unwrap_or_default();
+            colsum = rayon::join(
+                || d_items_product(d_items_t, f, qk),
+                || colsum_pass(f + 1, next[0]),
+            )
+            .1;
         }
-        // dz_k = dS_k Ĥ for all facets in one product (each row's sum is the same as in a
-        // per-facet product; the K * B rows give gemm more to split across threads).
-        matmul(
-            &mut dz,
-            Mat::new(&t.q, kb, n),
-            Mat::new(&t.front.items_n, n, de),
-            false,
+        drop(qs);
+        // The last facet's product beside dz_k = dS_k Ĥ for all facets, in one product (each
+        // row's sum is the same as in a per-facet product; the K * B rows give gemm more to
+        // split across threads).
+        let q_all = &t.q;
+        let items_n = &t.front.items_n;
+        rayon::join(
+            || {
+                if k > 0 {
+                    d_items_product(&mut d_items_t, k - 1, &q_all[(k - 1) * b * n..][..b * n]);
+                }
+            },
+            || {
+                matmul(
+                    &mut dz,
+                    Mat::new(q_all, kb, n),
+                    Mat::new(items_n, n, de),
+                    false,
+                )
+            },
         );
         let mut d_items_n = vec![0f32; n * de];
         transpose_into(&d_items_t, de, n, &mut d_items_n);
@@ -544,35 +557,6 @@ impl MacridVae {
             let cr = if l == n_enc - 1 { cd } else { 0 };
             let ih = i - cr;
             let a = &t.inputs[l];
-            // dWᵀ = dYᵀ A is the faster product shape for gemm here (`[o, ih]` over the
-            // `K * B` rows); the sums are the same bits as Aᵀ dY's.
-            let mut dwt = vec![0f32; o * ih];
-            matmul(
-                &mut dwt,
-                Mat::new(&dy, kb, o).t(),
-                Mat::new(a, kb, ih),
-                false,
-            );
-            let mut dw = vec![0f32; i * o];
-            transpose_into(&dwt, o, ih, &mut dw[..ih * o]);
-            if cr > 0 {
-                // The c_u rows: Σ_k c_uᵀ dY_k = c_uᵀ (Σ_k dY_k), facets summed in order.
-                let cv = cond.expect("conditioning vectors of a conditioned model");
-                let mut dsum = dy[..b * o].to_vec();
-                for f in 1..k {
-                    dsum.iter_mut()
-                        .zip(&dy[f * b * o..][..b * o])
-                        .for_each(|(s, g)| *s += g);
-                }
-                matmul(
-                    &mut dw[ih * o..],
-                    Mat::new(cv, b, cr).t(),
-                    Mat::new(&dsum, b, o),
-                    false,
-                );
-            }
-            grads[2 + 2 * l] = Some(dw);
-            grads[3 + 2 * l] = Some(col_sums(&dy, o));
             // Written in full by the product (`accumulate` false).
             let mut da = if l == 1 {
                 let mut buf = std::mem::take(&mut scratch.first_grad);
@@ -581,13 +565,54 @@ impl MacridVae {
             } else {
                 vec![0f32; kb * ih]
             };
-            matmul(
-                &mut da,
-                Mat::new(&dy, kb, o),
-                Mat::new(&p[2 + 2 * l].data[..ih * o], ih, o).t(),
-                false,
+            let w = &p[2 + 2 * l].data;
+            let dy_ref = &dy;
+            // The weight gradient (a product with long sums that gemm splits unevenly over
+            // threads) runs beside the input gradient.
+            let ((dw, db), ()) = rayon::join(
+                || {
+                    // dWᵀ = dYᵀ A is the faster product shape for gemm here (`[o, ih]` over
+                    // the `K * B` rows); the sums are the same bits as Aᵀ dY's.
+                    let mut dwt = vec![0f32; o * ih];
+                    matmul(
+                        &mut dwt,
+                        Mat::new(dy_ref, kb, o).t(),
+                        Mat::new(a, kb, ih),
+                        false,
+                    );
+                    let mut dw = vec![0f32; i * o];
+                    transpose_into(&dwt, o, ih, &mut dw[..ih * o]);
+                    if cr > 0 {
+                        // The c_u rows: Σ_k c_uᵀ dY_k = c_uᵀ (Σ_k dY_k), facets summed in
+                        // order.
+                        let cv = cond.expect("conditioning vectors of a conditioned model");
+                        let mut dsum = dy_ref[..b * o].to_vec();
+                        for f in 1..k {
+                            dsum.iter_mut()
+                                .zip(&dy_ref[f * b * o..][..b * o])
+                                .for_each(|(s, g)| *s += g);
+                        }
+                        matmul(
+                            &mut dw[ih * o..],
+                            Mat::new(cv, b, cr).t(),
+                            Mat::new(&dsum, b, o),
+                            false,
+                        );
+                    }
+                    (dw, col_sums(dy_ref, o))
+                },
+                || {
+                    matmul(
+                        &mut da,
+                        Mat::new(dy_ref, kb, o),
+                        Mat::new(&w[..ih * o], ih, o).t(),
+                        false,
+                    );
+                    tanh_backward(&mut da, a);
+                },
             );
-            tanh_backward(&mut da, a);
+            grads[2 + 2 * l] = Some(dw);
+            grads[3 + 2 * l] = Some(db);
             dy = da;
         }
         let hidden = self.enc_shape(0).1;
