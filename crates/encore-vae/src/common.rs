@@ -413,6 +413,30 @@ impl SparseBatch {
         }
     }
 
+    /// The users' binary rows of `m`, each divided by its L2 norm, straight into CSR: the
+    /// bits of `from_users(m, users).l2_normalised().to_csr()` (a row of `n` ones has the norm
+    /// `sqrt(n)` exactly as that sum computes it), without the coordinate lists. Scoring
+    /// builds its input this way; it took a tenth of a MultiVAE evaluation on ml-100k.
+    pub fn normalised_csr(m: &InteractionMatrix, users: &[u32]) -> crate::kernels::Csr {
+        let mut offsets = Vec::with_capacity(users.len() + 1);
+        offsets.push(0);
+        let mut cols = Vec::new();
+        let mut values = Vec::new();
+        for &u in users {
+            let row = m.row(u as usize);
+            let value = 1.0 / (row.len() as f32).sqrt().max(1e-12);
+            cols.extend_from_slice(row);
+            values.extend(std::iter::repeat_n(value, row.len()));
+            offsets.push(cols.len());
+        }
+        crate::kernels::Csr {
+            n_rows: users.len(),
+            offsets,
+            cols,
+            values,
+        }
+    }
+
     #[cfg(test)]
     /// Row-major flat positions `row * n_items + item` of the entries (to gather a row's
     /// log-probabilities from a `[rows, items]` tensor).
@@ -643,6 +667,30 @@ pub(crate) fn load_training_extras(dir: &Path, adam: &mut Adam) -> Result<u64, M
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    /// Scoring's direct CSR build is the coordinate-list path bit for bit (rows of several
+    /// lengths, an empty one, users out of order and repeated).
+    #[test]
+    fn normalised_csr_matches_the_coordinate_path() {
+        let rows: Vec<Vec<u32>> = (0..9u32)
+            .map(|u| {
+                (0..u * 7 % 11)
+                    .map(|j| (j * 3 + u) % 40)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        let m = InteractionMatrix::from_rows(40, &rows);
+        let users = [3u32, 0, 8, 5, 3, 1];
+        let want = SparseBatch::from_users(&m, &users).l2_normalised().to_csr();
+        let got = SparseBatch::normalised_csr(&m, &users);
+        assert_eq!(got.offsets, want.offsets);
+        assert_eq!(got.cols, want.cols);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&got.values), bits(&want.values));
+        assert!(got.values.iter().all(|v| *v > 0.0 && *v <= 1.0));
+    }
 
     /// The sparse first layer against the dense product `X W + b`: same output, and autodiff
     /// gives the same gradients for `W`, `b` and the values (duplicated items across rows

@@ -779,10 +779,10 @@ impl Recommender for MultiVae {
             .chunks(SCORE_CHUNK)
             .zip(out.chunks_mut(SCORE_CHUNK * self.n_items))
         {
-            let x = SparseBatch::from_users(input, chunk).l2_normalised();
+            let x = SparseBatch::normalised_csr(input, chunk);
             // c_u from these input rows only: held-out items cannot reach the scores.
             let cond = self.cond_vectors(input, chunk);
-            self.forward(&x.to_csr(), cond.as_deref(), None, Some(out));
+            self.forward(&x, cond.as_deref(), None, Some(out));
         }
     }
 
