@@ -11,8 +11,7 @@
 //! items are visited in increasing index order, a new item that only ties the current k-th
 //! entry has the higher index and loses, so admission is a strict "better than the threshold".
 //! The scan checks 32 scores at a time against the threshold with a branch-free comparison that
-//! the compiler vectorises, and looks at single items only in the rare blocks that hold a
-//! candidate.
+//! the compiler vectorises into a bit mask, and looks only at the items whose bit is set.
 
 /// A total-order key of a score: larger key = better rank. NaN is 0, below −∞; `-0.0` is
 /// mapped to `+0.0` so that the two tie.
@@ -133,11 +132,25 @@ impl TopK {
         for block in &mut blocks {
             let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives BLOCK");
             let t = self.threshold;
-            // With a NaN threshold (buffer not full yet, or its k-th entry is NaN) every
-            // comparison is false, so every item is considered exactly.
-            if t.is_nan() || block.iter().fold(false, |acc, &s| acc | (s > t)) {
+            if t.is_nan() {
+                // Buffer not full yet, or its k-th entry is NaN: every item is considered.
                 for (j, &s) in block.iter().enumerate() {
                     self.consider(s, base + j as u32, &mut cursor);
+                }
+            } else {
+                // The items above the threshold, as a bit mask; only those are considered
+                // (in index order). The threshold can only rise within the block, and
+                // `consider` checks each against the current one, so this skips only items
+                // that could not enter. Blocks holding an excluded item that scores high
+                // (a user's training items often do) no longer cost 32 checks.
+                let mut mask = block
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |m, (j, &s)| m | (u32::from(s > t) << j));
+                while mask != 0 {
+                    let j = mask.trailing_zeros();
+                    self.consider(block[j as usize], base + j, &mut cursor);
+                    mask &= mask - 1;
                 }
             }
             base += BLOCK as u32;
