@@ -82,7 +82,33 @@ pub(super) struct Trace {
     q: Vec<f32>,
 }
 
+/// The sizes of a pass over a batch of `b` users: facets, latent width, catalogue,
+/// temperature, conditioning width and the decoder's latent width `de = d + cd`.
+#[derive(Clone, Copy)]
+struct Dims {
+    k: usize,
+    d: usize,
+    b: usize,
+    n: usize,
+    tau: f32,
+    cd: usize,
+    de: usize,
+}
+
 impl MacridVae {
+    fn dims(&self, b: usize) -> Dims {
+        let (d, cd) = (self.config.latent_dim, self.cd());
+        Dims {
+            k: self.config.n_facets,
+            d,
+            b,
+            n: self.n_items,
+            tau: self.config.tau as f32,
+            cd,
+            de: d + cd,
+        }
+    }
+
     fn enc_shape(&self, l: usize) -> (usize, usize) {
         let s = &self.params.list[2 + 2 * l].shape;
         (s[0], s[1])
@@ -114,15 +140,9 @@ impl MacridVae {
         mut h: Vec<f32>,
     ) -> Front {
         let p = &self.params.list;
-        let (k, d, b, n, tau) = (
-            self.config.n_facets,
-            self.config.latent_dim,
-            x.n_rows,
-            self.n_items,
-            self.config.tau as f32,
-        );
-        let cd = self.cd();
-        let de = d + cd;
+        let Dims {
+            k, b, n, tau, de, ..
+        } = self.dims(x.n_rows);
         let mut items_n = p[0].data.clone();
         let item_norms = normalise_rows(&mut items_n, de);
         let mut cores_n = p[1].data.clone();
@@ -246,15 +266,15 @@ impl MacridVae {
         mut q: Vec<f32>,
     ) -> (Vec<f32>, Trace) {
         let p = &self.params.list;
-        let (k, d, b, n, tau) = (
-            self.config.n_facets,
-            self.config.latent_dim,
-            x.n_rows,
-            self.n_items,
-            self.config.tau as f32,
-        );
-        let cd = self.cd();
-        let de = d + cd;
+        let Dims {
+            k,
+            d,
+            b,
+            n,
+            tau,
+            cd,
+            de,
+        } = self.dims(x.n_rows);
         let training = noise.is_some();
         let mut h = std::mem::take(&mut front.h);
         let (items_n, c) = (&front.items_n, &front.c);
@@ -381,16 +401,16 @@ impl MacridVae {
         scratch: &mut Scratch,
     ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
         let p = &self.params.list;
-        let (k, d, b, n, tau) = (
-            self.config.n_facets,
-            self.config.latent_dim,
-            x.n_rows,
-            self.n_items,
-            self.config.tau as f32,
-        );
+        let Dims {
+            k,
+            d,
+            b,
+            n,
+            tau,
+            cd,
+            de,
+        } = self.dims(x.n_rows);
         let kb = k * b;
-        let cd = self.cd();
-        let de = d + cd;
         let inv_tau = 1.0 / tau;
         let (mut probs, mut t) =
             self.forward_from(front, x, cond, Some(noise), std::mem::take(&mut scratch.q));
