@@ -83,32 +83,6 @@ impl<'a> Mat<'a> {
 /// `out = (accumulate ? out : 0) + a · b`, `out` row-major `[m, n]`.
 pub(crate) fn matmul(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
     let (m, k) = a.shape();
-    let (_, n) = b.shape();
-    matmul_on(out, a, b, accumulate, parallelism(2 * m * n * k));
-}
-
-/// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
-pub(crate) fn transpose_into(a: &[f32], r: usize, c: usize, out: &mut [f32]) {
-    assert_eq!(a.len(), r * c, "input size");
-    assert_eq!(out.len(), r * c, "output size");
-    if r == 0 || c == 0 {
-        return;
-    }
-    out.par_chunks_mut(r).enumerate().for_each(|(j, row)| {
-        for (i, v) in row.iter_mut().enumerate() {
-            *v = a[i * c + j];
-        }
-    });
-}
-
-fn matmul_on(
-    out: &mut [f32],
-    a: Mat<'_>,
-    b: Mat<'_>,
-    accumulate: bool,
-    parallelism: gemm::Parallelism,
-) {
-    let (m, k) = a.shape();
     let (k2, n) = b.shape();
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(out.len(), m * n, "output size");
@@ -146,9 +120,23 @@ fn matmul_on(
             false,
             false,
             false,
-            parallelism,
+            parallelism(2 * m * n * k),
         );
     }
+}
+
+/// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
+pub(crate) fn transpose_into(a: &[f32], r: usize, c: usize, out: &mut [f32]) {
+    assert_eq!(a.len(), r * c, "input size");
+    assert_eq!(out.len(), r * c, "output size");
+    if r == 0 || c == 0 {
+        return;
+    }
+    out.par_chunks_mut(r).enumerate().for_each(|(j, row)| {
+        for (i, v) in row.iter_mut().enumerate() {
+            *v = a[i * c + j];
+        }
+    });
 }
 
 /// `e^x` for `f32` in plain arithmetic (Cephes' `expf`: `x = n ln 2 + r`, a degree-6

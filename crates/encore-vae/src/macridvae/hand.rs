@@ -53,11 +53,18 @@ pub(super) struct Front {
     item_norms: Vec<f32>,
     cores_n: Vec<f32>,
     core_norms: Vec<f32>,
+    /// Assignments `C` `[I, K]`.
     c: Vec<f32>,
+    /// The first layer's input, all facets of a user together.
     first: FacetCsr,
+    /// Per entry of `first`: the entry of the raw batch it comes from.
     src: Vec<usize>,
+    /// Per entry and facet of `first` (`[nnz, K]`): whether the entry is in that facet's
+    /// input (not dropped out); dropped ones are zeros in `first` and get no gradient.
     kept: Vec<bool>,
+    /// Per-facet row norms `[K * B]` (per-facet normalisation only).
     facet_norms: Vec<f32>,
+    /// Whole-row input: per raw entry, its normalised (not dropped-out) value.
     base: Vec<f32>,
     /// The first layer's output `[K * B, hidden]`, before the `tanh`.
     h: Vec<f32>,
