@@ -334,9 +334,9 @@ impl Csr {
 
     /// `X^T G` into a dense `[n_cols, out]` buffer (the weight gradient of
     /// [`Csr::times_dense`]): each column (item) row sums `v · G[r, :]` over its entries in
-    /// batch order. Items are split into one range per thread; within a range, passes of
-    /// [`COL_BLOCK`] columns keep the `[rows, COL_BLOCK]` slab of `G` in L2 (as
-    /// [`Csr::times_dense`]). The sums do not depend on the split.
+    /// batch order. Items are split into one range per thread with about equal entry counts;
+    /// within a range, passes of [`COL_BLOCK`] columns keep the `[rows, COL_BLOCK]` slab of
+    /// `G` in L2 (as [`Csr::times_dense`]). The sums do not depend on the split.
     pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
         // Entries grouped by column, stable (batch order within a column).
         let mut starts = vec![0usize; n_cols + 1];
@@ -361,16 +361,15 @@ impl Csr {
         if dw.is_empty() {
             return dw;
         }
-        let per_task = n_cols.div_ceil(rayon::current_num_threads()).max(1);
         let isa = Isa::detect();
-        dw.par_chunks_mut(per_task * out)
-            .enumerate()
-            .for_each(|(t, ds)| {
+        balanced_column_ranges(&mut dw, &starts, out)
+            .into_par_iter()
+            .for_each(|(lo, ds)| {
                 let zero = [0f32; COL_BLOCK];
                 for c0 in (0..out).step_by(COL_BLOCK) {
                     let cw = COL_BLOCK.min(out - c0);
                     for (i, row) in ds.chunks_mut(out).enumerate() {
-                        let ents = starts[t * per_task + i]..starts[t * per_task + i + 1];
+                        let ents = starts[lo + i]..starts[lo + i + 1];
                         gather_block(
                             isa,
                             &mut row[c0..c0 + cw],
@@ -406,6 +405,40 @@ impl Csr {
         });
         dv
     }
+}
+
+/// The rows of a weight gradient `dw` (`[n_cols, out]`, one row per column of the sparse
+/// input) split into one range per thread with about the same number of entries, as (first
+/// column, rows): `starts` holds the prefix counts of the entries per column (`n_cols + 1`).
+/// Item popularity is skewed, so equal column counts left one thread with most of the work.
+fn balanced_column_ranges<'a>(
+    dw: &'a mut [f32],
+    starts: &[usize],
+    out: usize,
+) -> Vec<(usize, &'a mut [f32])> {
+    let n_cols = starts.len() - 1;
+    let (threads, nnz) = (rayon::current_num_threads().max(1), starts[n_cols]);
+    let mut bounds = vec![0usize];
+    for t in 1..threads {
+        let c = starts
+            .partition_point(|&v| v < nnz * t / threads)
+            .min(n_cols);
+        if c > *bounds.last().expect("starts at 0") {
+            bounds.push(c);
+        }
+    }
+    if n_cols > *bounds.last().expect("starts at 0") {
+        bounds.push(n_cols);
+    }
+    let mut rest = dw;
+    bounds
+        .windows(2)
+        .map(|w| {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * out);
+            rest = tail;
+            (w[0], mine)
+        })
+        .collect()
 }
 
 /// Output columns per pass of the column-blocked gathers of [`Csr`]: 64 floats (256 B, four
@@ -709,33 +742,16 @@ impl FacetCsr {
         if dw.is_empty() {
             return dw;
         }
-        // The ranges only split the work: any split gives the same sums. One range per
-        // thread, each with about the same number of entries: every range walks all users
-        // and reloads the gradient rows of each user it touches, so more (or unevenly
-        // filled) ranges cost memory traffic.
-        let threads = rayon::current_num_threads().max(1);
-        let mut count = vec![0usize; n_cols + 1];
-        self.cols.iter().for_each(|&c| count[c as usize + 1] += 1);
+        // The ranges only split the work: any split gives the same sums. Every range walks
+        // all users and reloads the gradient rows of each user it touches, so more ranges
+        // than threads would cost memory traffic.
+        let mut starts = vec![0usize; n_cols + 1];
+        self.cols.iter().for_each(|&c| starts[c as usize + 1] += 1);
         for c in 0..n_cols {
-            count[c + 1] += count[c];
-        }
-        let mut bounds = vec![0usize];
-        for t in 1..threads {
-            let want = self.nnz() * t / threads;
-            let c = count.partition_point(|&v| v < want).min(n_cols);
-            if c > *bounds.last().expect("starts at 0") {
-                bounds.push(c);
-            }
-        }
-        bounds.push(n_cols);
-        let mut rest = &mut dw[..];
-        let mut ranges = Vec::with_capacity(bounds.len() - 1);
-        for w in bounds.windows(2) {
-            let (mine, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * out);
-            ranges.push((w[0], mine));
-            rest = tail;
+            starts[c + 1] += starts[c];
         }
         let isa = Isa::detect();
+        let ranges = balanced_column_ranges(&mut dw, &starts, out);
         ranges.into_par_iter().for_each(|(lo, dw)| {
             transpose_times_range(isa, dw, lo, self, g, out);
         });
