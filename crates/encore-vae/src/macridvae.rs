@@ -249,11 +249,17 @@ pub(crate) struct Scratch {
     first_out: Vec<f32>,
     /// The gradient at the first layer's output `[K * B, hidden]`.
     first_grad: Vec<f32>,
+    /// Users per block of the training decoder; `None`: from the sizes (tests set it to
+    /// check that blocking keeps the loss and gradients).
+    block_users: Option<usize>,
 }
 
 impl Clone for Scratch {
     fn clone(&self) -> Self {
-        Scratch::default()
+        Scratch {
+            block_users: self.block_users,
+            ..Scratch::default()
+        }
     }
 }
 
@@ -726,7 +732,7 @@ impl Recommender for MacridVae {
             let x = SparseBatch::from_users(input, us);
             // c_u from these input rows only: held-out items cannot reach the scores.
             let cond = self.cond_vectors(input, us);
-            let (probs, _) = self.forward_hand(&x, cond.as_deref(), None, Vec::new());
+            let probs = self.forward_hand(&x, cond.as_deref());
             out.par_iter_mut()
                 .zip(&probs)
                 .for_each(|(o, p)| *o = p.ln());
@@ -909,33 +915,34 @@ mod tests {
             eps: noise.eps.clone(),
         };
         let beta = 0.4;
-        let front = m.front_hand(&x, Some(&noise), Vec::new());
-        let (parts, grads) = m.loss_and_grads(
-            front,
-            &x,
-            cond.as_deref(),
-            &noise,
-            beta,
-            &mut Scratch::default(),
-        );
         let device = cpu().autodiff();
         let w = Weights::new(&m.params, &device);
         let (loss, recon, kl) = m.loss(&w, &x, cond.as_deref(), noise2, beta, &device);
-        assert!((parts.recon - to_vec(recon)[0] as f64).abs() < 1e-4);
-        assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-4);
-        assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
         let want = w.grads(&loss.backward());
-        for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
-            let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
-            assert_eq!(g.len(), w.len(), "{}", p.name);
-            for (a, b) in g.iter().zip(w) {
-                assert!(
-                    (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
-                    "{}: {a} vs {b}",
-                    p.name
-                );
+        // The decoder on the whole batch, and in blocks of 2 and 3 of its 5 users.
+        for block_users in [None, Some(2), Some(3)] {
+            let front = m.front_hand(&x, Some(&noise), Vec::new());
+            let mut scratch = Scratch {
+                block_users,
+                ..Scratch::default()
+            };
+            let (parts, grads) =
+                m.loss_and_grads(front, &x, cond.as_deref(), &noise, beta, &mut scratch);
+            assert!((parts.recon - to_vec(recon.clone())[0] as f64).abs() < 1e-4);
+            assert!((parts.kl - to_vec(kl.clone())[0] as f64).abs() < 1e-4);
+            assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
+            for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
+                let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
+                assert_eq!(g.len(), w.len(), "{}", p.name);
+                for (a, b) in g.iter().zip(w) {
+                    assert!(
+                        (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
+                        "{} (blocks of {block_users:?}): {a} vs {b}",
+                        p.name
+                    );
+                }
+                assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
             }
-            assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
         }
         // Scores: the hand-written logits against the reference's.
         let users: Vec<u32> = (0..5).collect();
@@ -1011,9 +1018,10 @@ mod tests {
         }
     }
 
-    /// Training steps give the same weights on one thread and on three, bit for bit; a step
-    /// that reuses the buffers of the one before gives the bits of a step with fresh ones
-    /// (a clone starts with empty buffers).
+    /// Training steps give the same weights on one thread and on three, bit for bit, also
+    /// with the training decoder in blocks of users; a step that reuses the buffers of the
+    /// one before gives the bits of a step with fresh ones (a clone starts with empty
+    /// buffers).
     #[test]
     fn steps_are_thread_count_independent() {
         let n_items = 700u32;
@@ -1044,6 +1052,22 @@ mod tests {
                 })
             };
             assert!(run(1) == run(3), "{}", preset.preset);
+            // The training decoder in blocks of 64 users (200 users: 64, 64, 64, 8).
+            let run = |threads: usize| {
+                crate::kernels::on_threads(threads, || {
+                    let mut m = MacridVae::new(preset.clone(), n_items as usize).unwrap();
+                    m.scratch.block_users = Some(64);
+                    let mut rng = ChaCha8Rng::seed_from_u64(5);
+                    let users = train.nonempty_users();
+                    m.step(&train, &users, &mut rng);
+                    let (mut fresh, mut fresh_rng) = (m.clone(), rng.clone());
+                    m.step(&train, &users, &mut rng);
+                    fresh.step(&train, &users, &mut fresh_rng);
+                    assert!(m.params == fresh.params, "reused buffers change a blocked step");
+                    m.params
+                })
+            };
+            assert!(run(1) == run(3), "blocked {}", preset.preset);
             // MacridVAE-C, default 128 conditioning dimensions.
             let mut rng = ChaCha8Rng::seed_from_u64(8);
             let n = n_items as usize;

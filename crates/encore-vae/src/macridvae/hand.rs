@@ -16,7 +16,7 @@ use crate::common::SparseBatch;
 use crate::conditioning;
 use crate::kernels::{
     add_bias, col_sums, exp_scaled_accumulate, matmul, tanh_backward, tanh_inplace, transpose_into,
-    FacetCsr, Mat,
+    Csr, FacetCsr, Mat,
 };
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
@@ -46,6 +46,33 @@ fn normalise_rows_backward(dy: &mut [f32], y: &[f32], norms: &[f32], d: usize) {
 /// Rows per partial sum in column reductions over the batch (fixed, so the summation order
 /// does not depend on the thread count).
 const REDUCE_ROWS: usize = 64;
+
+/// The training decoder's budget for one block's `Q` (all facets): 256 MiB, 64 users of a
+/// 57,000-item catalogue with 10 facets (the whole batch's would be 4.7 GB). Measured at that
+/// size (`examples/scale`, 2 threads): 64 and 128 users per block ran at the same speed, the
+/// whole batch in one block 15% slower, 16 users 35% slower (the item gradient's
+/// accumulator is read and written once per block).
+const DECODER_BLOCK_BYTES: usize = 256 << 20;
+
+/// Users per block of [`MacridVae::decoder_train`]: the whole batch when its `Q` fits
+/// [`DECODER_BLOCK_BYTES`], else the largest multiple of [`REDUCE_ROWS`] that does (at least
+/// one multiple). Depends only on the sizes, never on the thread count.
+fn decoder_block_users(k: usize, b: usize, n: usize) -> usize {
+    let fit = DECODER_BLOCK_BYTES / (k * n * std::mem::size_of::<f32>()).max(1);
+    if fit >= b {
+        b.max(1)
+    } else {
+        (fit / REDUCE_ROWS).max(1) * REDUCE_ROWS
+    }
+}
+
+/// `C` `[I, K]` transposed to facet-major `[K, I]`.
+fn facet_major(c: &[f32], n: usize, k: usize) -> Vec<f32> {
+    (0..k)
+        .flat_map(|f| (0..n).map(move |i| (f, i)))
+        .map(|(f, i)| c[i * k + f])
+        .collect()
+}
 
 /// The first part of the forward pass ([`MacridVae::front_hand`]), kept in the [`Trace`].
 pub(super) struct Front {
@@ -85,8 +112,6 @@ pub(super) struct Trace {
     /// norms (empty for the plain model, whose decoder uses `z`).
     zt: Vec<f32>,
     zt_norms: Vec<f32>,
-    /// `Q_k` for every facet, `[K, B, I]`.
-    q: Vec<f32>,
 }
 
 /// The sizes of a pass over a batch of `b` users: facets, latent width, catalogue,
@@ -121,20 +146,30 @@ impl MacridVae {
         (s[0], s[1])
     }
 
-    /// The forward pass on raw batch `x`: `p` `[B, I]` (logits are `ln p`) and the trace.
-    /// `noise = None` scores: softmax assignments, no dropout, `z = μ`. `cond`: the batch's
-    /// conditioning vectors `[B, c]` (MacridVAE-C; item embeddings and prototypes are then
-    /// `d + c` wide). `q`: a buffer for the decoder's `Q_k` (any contents; it comes back in
-    /// the trace, so training reuses it from step to step instead of allocating and zeroing
-    /// `K x B x I` floats each time).
-    pub(super) fn forward_hand(
-        &self,
-        x: &SparseBatch,
-        cond: Option<&[f32]>,
-        noise: Option<&Noise>,
-        q: Vec<f32>,
-    ) -> (Vec<f32>, Trace) {
-        self.forward_from(self.front_hand(x, noise, Vec::new()), x, cond, noise, q)
+    /// The scoring pass on raw batch `x` (softmax assignments, no dropout, `z = μ`): `p`
+    /// `[B, I]` (logits are `ln p`). `cond`: the batch's conditioning vectors `[B, c]`
+    /// (MacridVAE-C; item embeddings and prototypes are then `d + c` wide).
+    pub(super) fn forward_hand(&self, x: &SparseBatch, cond: Option<&[f32]>) -> Vec<f32> {
+        let t = self.forward_from(self.front_hand(x, None, Vec::new()), x, cond, None);
+        let Dims {
+            k, b, n, tau, de, ..
+        } = self.dims(x.n_rows);
+        let dec_z: &[f32] = if t.zt.is_empty() { &t.z } else { &t.zt };
+        // Decoder, one facet at a time into one buffer: p += exp(z_k Ĥᵀ / τ) ⊙ C_{·k}.
+        let ct = facet_major(&t.front.c, n, k);
+        let mut probs = vec![0f32; b * n];
+        // Written in full (`matmul` without accumulation) before it is read.
+        let mut q = vec![0f32; b * n];
+        for f in 0..k {
+            matmul(
+                &mut q,
+                Mat::new(&dec_z[f * b * de..][..b * de], b, de),
+                Mat::new(&t.front.items_n, n, de).t(),
+                false,
+            );
+            exp_scaled_accumulate(&mut q, &mut probs, &ct[f * n..][..n], 1.0 / tau);
+        }
+        probs
     }
 
     /// The part of the forward pass that needs no `ε` (noise: only the Gumbel draws and
@@ -262,29 +297,21 @@ impl MacridVae {
         }
     }
 
-    /// The rest of the forward pass from [`MacridVae::front_hand`]'s output (see
-    /// [`MacridVae::forward_hand`]).
+    /// The encoder part of the forward pass from [`MacridVae::front_hand`]'s output, up to
+    /// the decoder's latents (`noise = None`: `z = μ`, for scoring). The decoder runs in
+    /// [`MacridVae::forward_hand`] (scoring) or [`MacridVae::decoder_train`] (training).
     pub(super) fn forward_from(
         &self,
         mut front: Front,
         x: &SparseBatch,
         cond: Option<&[f32]>,
         noise: Option<&Noise>,
-        mut q: Vec<f32>,
-    ) -> (Vec<f32>, Trace) {
+    ) -> Trace {
         let p = &self.params.list;
         let Dims {
-            k,
-            d,
-            b,
-            n,
-            tau,
-            cd,
-            de,
+            k, d, b, cd, de, ..
         } = self.dims(x.n_rows);
-        let training = noise.is_some();
         let mut h = std::mem::take(&mut front.h);
-        let (items_n, c) = (&front.items_n, &front.c);
 
         // Shared encoder on the K * B rows.
         let n_enc = (p.len() - 2) / 2;
@@ -349,50 +376,250 @@ impl MacridVae {
             }
             zt_norms = normalise_rows(&mut zt, de);
         }
-        let dec_z: &[f32] = if cd > 0 { &zt } else { &z };
+        Trace {
+            front,
+            inputs,
+            enc_out,
+            mu,
+            mu_norms,
+            sigma,
+            z,
+            z_norms,
+            zt,
+            zt_norms,
+        }
+    }
 
-        // Decoder, one facet at a time: p += exp(z_k Ĥᵀ / τ) ⊙ C_{·k}.
-        let ct: Vec<f32> = (0..k)
-            .flat_map(|f| (0..n).map(move |i| (f, i)))
-            .map(|(f, i)| c[i * k + f])
-            .collect();
-        let mut probs = vec![0f32; b * n];
-        // Every `Q_k` is written in full (`matmul` without accumulation) before it is read.
-        q.resize(if training { k * b * n } else { b * n }, 0.0);
+    /// The training decoder, its loss and its backward pass down to the decoder's latents:
+    /// the reconstruction loss (mean over the batch), `dL/dC` `[I, K]`, `dL/dz` `[K * B, de]`
+    /// (facet-major rows) and the item embeddings' gradient `[I, de]`.
+    ///
+    /// The batch is taken in blocks of users ([`decoder_block_users`]), so that the step
+    /// holds one block's `Q` (`K x b x I`) instead of the batch's: at Onion scale 146 MB
+    /// instead of 4.7 GB (peak memory 6.6 -> 1.7 GB, and the first step no longer spends 13 s
+    /// faulting in fresh pages). The loss of a user needs all its facets, so each block runs
+    /// the decoder, the loss and the decoder's backward pass before the next one. When the
+    /// batch fits in one block (ml-100k) the sums are the unblocked ones, bit for bit; with
+    /// several blocks `dC` and the item gradient add up block by block (the same terms in
+    /// another order).
+    fn decoder_train(
+        &self,
+        t: &Trace,
+        xc: &Csr,
+        scratch: &mut Scratch,
+    ) -> (f64, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let Dims {
+            k, b, n, tau, de, ..
+        } = self.dims(xc.n_rows);
         let inv_tau = 1.0 / tau;
-        for f in 0..k {
-            let qk = if training {
-                &mut q[f * b * n..][..b * n]
+        let inv_b = 1.0 / b.max(1) as f32;
+        let (c_all, items_n) = (&t.front.c, &t.front.items_n);
+        let dec_z: &[f32] = if t.zt.is_empty() { &t.z } else { &t.zt };
+        let ct = facet_major(c_all, n, k);
+        let bu = scratch
+            .block_users
+            .unwrap_or_else(|| decoder_block_users(k, b, n))
+            .clamp(1, b.max(1));
+        let single = bu >= b;
+        let mut recon_rows = vec![0f64; b];
+        let mut dc = vec![0f32; n * k];
+        let mut dz = vec![0f32; k * b * de];
+        // The item embeddings' gradient `[I, de]`; the single-block path keeps it transposed.
+        let mut d_items = vec![0f32; n * de];
+        let mut d_items_t = Vec::new();
+        // Every `Q` entry of a block is written (`matmul` without accumulation) before it is
+        // read; `probs` is zeroed per block.
+        let mut q = std::mem::take(&mut scratch.q);
+        q.resize(k * bu * n, 0.0);
+        let mut probs = vec![0f32; bu * n];
+        let (mut zb, mut dzb) = (Vec::new(), Vec::new());
+        // One pass over Q_k in fixed row blocks: dC_ik += Σ_r dp_ri Q_kri (block partial sums,
+        // added in block order), then dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ in place of Q_k.
+        let colsum_pass = |f: usize, qk: &mut [f32], dprobs: &[f32]| -> Vec<f32> {
+            let cf: Vec<f32> = (0..n).map(|i| c_all[i * k + f] * inv_tau).collect();
+            let partial: Vec<Vec<f32>> = dprobs
+                .par_chunks(n * REDUCE_ROWS)
+                .zip(qk.par_chunks_mut(n * REDUCE_ROWS))
+                .map(|(g, q)| {
+                    let mut s = vec![0f32; n];
+                    for (g, q) in g.chunks_exact(n).zip(q.chunks_exact_mut(n)) {
+                        for (((s, g), q), c) in s.iter_mut().zip(g).zip(q).zip(&cf) {
+                            *s += g * *q;
+                            *q *= g * c;
+                        }
+                    }
+                    s
+                })
+                .collect();
+            let mut colsum = vec![0f32; n];
+            for s in partial {
+                colsum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+            }
+            colsum
+        };
+        let add_colsum = |dc: &mut [f32], f: usize, colsum: &[f32]| {
+            for (i, v) in colsum.iter().enumerate() {
+                dc[i * k + f] += v;
+            }
+        };
+        for u0 in (0..b).step_by(bu) {
+            let (u1, bb) = ((u0 + bu).min(b), (u0 + bu).min(b) - u0);
+            let qb = &mut q[..k * bb * n];
+            let pb = &mut probs[..bb * n];
+            if u0 > 0 {
+                pb.fill(0.0);
+            }
+            // The block's latents, facet-major (the batch's own rows for a single block).
+            let zb: &[f32] = if single {
+                dec_z
             } else {
-                &mut q[..]
+                zb.clear();
+                for f in 0..k {
+                    zb.extend_from_slice(&dec_z[(f * b + u0) * de..(f * b + u1) * de]);
+                }
+                &zb
             };
+            // Q_k = z_k Ĥᵀ for all facets in one product (the rows' sums are those of one
+            // product per facet), then p += exp(Q_k / τ) ⊙ C_{·k} facet by facet.
             matmul(
-                qk,
-                Mat::new(&dec_z[f * b * de..][..b * de], b, de),
+                qb,
+                Mat::new(zb, k * bb, de),
                 Mat::new(items_n, n, de).t(),
                 false,
             );
-            exp_scaled_accumulate(qk, &mut probs, &ct[f * n..][..n], inv_tau);
+            for f in 0..k {
+                exp_scaled_accumulate(
+                    &mut qb[f * bb * n..][..bb * n],
+                    pb,
+                    &ct[f * n..][..n],
+                    inv_tau,
+                );
+            }
+            // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
+            pb.par_chunks_mut(n)
+                .zip(recon_rows[u0..u1].par_iter_mut())
+                .enumerate()
+                .for_each(|(r, (row, out))| {
+                    let sum: f64 = row.iter().map(|&v| v as f64).sum();
+                    let mut n_u = 0f32;
+                    let mut picked = 0f64;
+                    let ents = xc.offsets[u0 + r]..xc.offsets[u0 + r + 1];
+                    for e in ents.clone() {
+                        n_u += xc.values[e];
+                        picked += xc.values[e] as f64 * (row[xc.cols[e] as usize] as f64).ln();
+                    }
+                    let a = (n_u as f64 / sum) as f32 * inv_b;
+                    let grads: Vec<(usize, f32)> = ents
+                        .map(|e| {
+                            let i = xc.cols[e] as usize;
+                            (i, xc.values[e] * inv_b / row[i])
+                        })
+                        .collect();
+                    row.iter_mut().for_each(|v| *v = a);
+                    for (i, g) in grads {
+                        row[i] -= g;
+                    }
+                    *out = n_u as f64 * sum.ln() - picked;
+                });
+            let dprobs: &[f32] = pb;
+            if single {
+                // Pipelined: facet f's item-embedding product runs beside facet f + 1's pass
+                // (the product alone keeps a second thread only partly busy), the last one
+                // beside the dz product. Each still runs in facet order, so the sums are those
+                // of the sequential loop. The item embeddings' gradient is kept transposed
+                // (`[de, I]`: zᵀ dS is the faster product shape for gemm).
+                let d_items_product = |out: &mut [f32], f: usize, qk: &[f32]| {
+                    let z_f = &dec_z[f * b * de..][..b * de];
+                    matmul(out, Mat::new(z_f, b, de).t(), Mat::new(qk, b, n), true);
+                };
+                d_items_t = vec![0f32; de * n];
+                let mut qs: Vec<&mut [f32]> = qb.chunks_mut(b * n).collect();
+                let mut colsum = if k > 0 {
+                    colsum_pass(0, qs[0], dprobs)
+                } else {
+                    Vec::new()
+                };
+                for f in 0..k {
+                    add_colsum(&mut dc, f, &colsum);
+                    if f + 1 == k {
+                        break;
+                    }
+                    let (done, next) = qs.split_at_mut(f + 1);
+                    let qk: &[f32] = done[f];
+                    let d_items_t = &mut d_items_t;
+                    colsum = rayon::join(
+                        || d_items_product(d_items_t, f, qk),
+                        || colsum_pass(f + 1, next[0], dprobs),
+                    )
+                    .1;
+                }
+                drop(qs);
+                // The last facet's product beside dz_k = dS_k Ĥ for all facets, in one
+                // product (each row's sum is the same as in a per-facet product; the K * B
+                // rows give gemm more to split across threads).
+                let q_all: &[f32] = qb;
+                rayon::join(
+                    || {
+                        if k > 0 {
+                            d_items_product(&mut d_items_t, k - 1, &q_all[(k - 1) * b * n..]);
+                        }
+                    },
+                    || {
+                        matmul(
+                            &mut dz,
+                            Mat::new(q_all, k * b, n),
+                            Mat::new(items_n, n, de),
+                            false,
+                        )
+                    },
+                );
+            } else {
+                // The facets' passes side by side (a block may have a single row block).
+                let colsums: Vec<Vec<f32>> = qb
+                    .par_chunks_mut(bb * n)
+                    .enumerate()
+                    .map(|(f, qk)| colsum_pass(f, qk, dprobs))
+                    .collect();
+                for (f, colsum) in colsums.iter().enumerate() {
+                    add_colsum(&mut dc, f, colsum);
+                }
+                // All facets of the block in one product each: the item gradient (its
+                // `[de, I]` accumulator is read and written once per block, not per facet)
+                // beside dz.
+                let q_all: &[f32] = qb;
+                dzb.resize(k * bb * de, 0.0);
+                rayon::join(
+                    || {
+                        // dĤ += dSᵀ z over the block's K * b rows: at Onion scale this shape
+                        // (`[I, de]` out) ran 1.5x faster than zᵀ dS.
+                        matmul(
+                            &mut d_items,
+                            Mat::new(q_all, k * bb, n).t(),
+                            Mat::new(zb, k * bb, de),
+                            true,
+                        )
+                    },
+                    || {
+                        matmul(
+                            &mut dzb,
+                            Mat::new(q_all, k * bb, n),
+                            Mat::new(items_n, n, de),
+                            false,
+                        )
+                    },
+                );
+                for f in 0..k {
+                    dz[(f * b + u0) * de..(f * b + u1) * de]
+                        .copy_from_slice(&dzb[f * bb * de..][..bb * de]);
+                }
+            }
         }
-        if !training {
-            q = Vec::new();
+        scratch.q = q;
+        if single {
+            transpose_into(&d_items_t, de, n, &mut d_items);
         }
-        (
-            probs,
-            Trace {
-                front,
-                inputs,
-                enc_out,
-                mu,
-                mu_norms,
-                sigma,
-                z,
-                z_norms,
-                zt,
-                zt_norms,
-                q,
-            },
-        )
+        let recon = recon_rows.iter().sum::<f64>() / b.max(1) as f64;
+        (recon, dc, dz, d_items)
     }
 
     /// Loss parts and gradients (parameter order) of one training batch from the output of
@@ -419,40 +646,10 @@ impl MacridVae {
         } = self.dims(x.n_rows);
         let kb = k * b;
         let inv_tau = 1.0 / tau;
-        let (mut probs, mut t) =
-            self.forward_from(front, x, cond, Some(noise), std::mem::take(&mut scratch.q));
+        let mut t = self.forward_from(front, x, cond, Some(noise));
         let xc = x.to_csr();
-        let inv_b = 1.0 / b.max(1) as f32;
-        // Loss, and dL/dp in place of p: n_u / (B Σp) − x / (B p).
-        let recon_rows: Vec<f64> = probs
-            .par_chunks_mut(n)
-            .enumerate()
-            .map(|(r, row)| {
-                let sum: f64 = row.iter().map(|&v| v as f64).sum();
-                let mut n_u = 0f32;
-                let mut picked = 0f64;
-                let ents = xc.offsets[r]..xc.offsets[r + 1];
-                for e in ents.clone() {
-                    n_u += xc.values[e];
-                    picked += xc.values[e] as f64 * (row[xc.cols[e] as usize] as f64).ln();
-                }
-                let a = (n_u as f64 / sum) as f32 * inv_b;
-                let grads: Vec<(usize, f32)> = ents
-                    .map(|e| {
-                        let i = xc.cols[e] as usize;
-                        (i, xc.values[e] * inv_b / row[i])
-                    })
-                    .collect();
-                row.iter_mut().for_each(|v| *v = a);
-                for (i, g) in grads {
-                    row[i] -= g;
-                }
-                n_u as f64 * sum.ln() - picked
-            })
-            .collect();
-        let dprobs = probs;
-        let recon = recon_rows.iter().sum::<f64>() / b.max(1) as f64;
-        // The terms in parallel (into their places), summed in order.
+        let (recon, mut dc, mut dz, mut d_items_n) = self.decoder_train(&t, &xc, scratch);
+        // The KL terms in parallel (into their places), summed in order.
         let mut kl_terms = vec![0f64; kb * d];
         kl_terms
             .par_chunks_exact_mut(d)
@@ -463,94 +660,6 @@ impl MacridVae {
                 }
             });
         let kl = kl_terms.iter().sum::<f64>() / b.max(1) as f64;
-
-        // Decoder backward, per facet.
-        let mut dc = vec![0f32; n * k];
-        // The decoder's latent is z (plain) or z̃ (conditioned), `de` wide.
-        let mut dz = vec![0f32; kb * de];
-        let mut d_items_t = vec![0f32; de * n];
-        let dec_z: &[f32] = if cd > 0 { &t.zt } else { &t.z };
-        // One pass over Q_k in fixed row blocks: dC_ik += Σ_r dp_ri Q_kri (block partial sums,
-        // added in block order), then dS_k = dp ⊙ C_{·k} ⊙ Q_k / τ in place of Q_k.
-        let c_all = &t.front.c;
-        let dprobs = &dprobs;
-        let colsum_pass = |f: usize, qk: &mut [f32]| -> Vec<f32> {
-            let cf: Vec<f32> = (0..n).map(|i| c_all[i * k + f] * inv_tau).collect();
-            let partial: Vec<Vec<f32>> = dprobs
-                .par_chunks(n * REDUCE_ROWS)
-                .zip(qk.par_chunks_mut(n * REDUCE_ROWS))
-                .map(|(g, q)| {
-                    let mut s = vec![0f32; n];
-                    for (g, q) in g.chunks_exact(n).zip(q.chunks_exact_mut(n)) {
-                        for (((s, g), q), c) in s.iter_mut().zip(g).zip(q).zip(&cf) {
-                            *s += g * *q;
-                            *q *= g * c;
-                        }
-                    }
-                    s
-                })
-                .collect();
-            let mut colsum = vec![0f32; n];
-            for s in partial {
-                colsum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
-            }
-            colsum
-        };
-        // Pipelined: facet f's item-embedding product runs beside facet f + 1's pass (the
-        // product alone keeps a second thread only partly busy), the last one beside the dz
-        // product. Each still runs in facet order, so the sums are those of the sequential
-        // loop.
-        // The item embeddings' gradient, transposed (`[de, I]`: zᵀ dS is the faster product
-        // shape for gemm); transposed back after the last facet.
-        let d_items_product = |out: &mut [f32], f: usize, qk: &[f32]| {
-            let z_f = &dec_z[f * b * de..][..b * de];
-            matmul(out, Mat::new(z_f, b, de).t(), Mat::new(qk, b, n), true);
-        };
-        let mut qs: Vec<&mut [f32]> = t.q.chunks_mut(b * n).collect();
-        let mut colsum = if k > 0 {
-            colsum_pass(0, qs[0])
-        } else {
-            Vec::new()
-        };
-        for f in 0..k {
-            for (i, v) in colsum.iter().enumerate() {
-                dc[i * k + f] += v;
-            }
-            if f + 1 == k {
-                break;
-            }
-            let (done, next) = qs.split_at_mut(f + 1);
-            let qk: &[f32] = done[f];
-            let d_items_t = &mut d_items_t;
-            colsum = rayon::join(
-                || d_items_product(d_items_t, f, qk),
-                || colsum_pass(f + 1, next[0]),
-            )
-            .1;
-        }
-        drop(qs);
-        // The last facet's product beside dz_k = dS_k Ĥ for all facets, in one product (each
-        // row's sum is the same as in a per-facet product; the K * B rows give gemm more to
-        // split across threads).
-        let q_all = &t.q;
-        let items_n = &t.front.items_n;
-        rayon::join(
-            || {
-                if k > 0 {
-                    d_items_product(&mut d_items_t, k - 1, &q_all[(k - 1) * b * n..][..b * n]);
-                }
-            },
-            || {
-                matmul(
-                    &mut dz,
-                    Mat::new(q_all, kb, n),
-                    Mat::new(items_n, n, de),
-                    false,
-                )
-            },
-        );
-        let mut d_items_n = vec![0f32; n * de];
-        transpose_into(&d_items_t, de, n, &mut d_items_n);
         if cd > 0 {
             // z̃ = normalise([z ; c_u]); c_u is data, so only the z columns carry on.
             normalise_rows_backward(&mut dz, &t.zt, &t.zt_norms, de);
@@ -706,7 +815,6 @@ impl MacridVae {
         normalise_rows_backward(&mut d_cores_n, &t.front.cores_n, &t.front.core_norms, de);
         grads[0] = Some(d_items_n);
         grads[1] = Some(d_cores_n);
-        scratch.q = std::mem::take(&mut t.q);
         scratch.first_out = std::mem::take(&mut t.inputs[1]);
         scratch.first_grad = dy;
         let loss = StepLoss {
@@ -716,5 +824,25 @@ impl MacridVae {
             beta,
         };
         (loss, grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole batch when its `Q` fits the budget (ml-100k: 10 facets x 943 users x 1,682
+    /// items, 63 MB); else whole row blocks within it (Onion: 57,000 items, 2.3 MB a user),
+    /// never fewer than one row block or zero users.
+    #[test]
+    fn decoder_blocks_fit_the_budget() {
+        assert_eq!(decoder_block_users(10, 943, 1682), 943);
+        let onion = decoder_block_users(10, 2048, 57_000);
+        assert_eq!(onion % REDUCE_ROWS, 0);
+        assert!(onion * 10 * 57_000 * 4 <= DECODER_BLOCK_BYTES, "{onion}");
+        assert!((onion + REDUCE_ROWS) * 10 * 57_000 * 4 > DECODER_BLOCK_BYTES);
+        assert_eq!(decoder_block_users(10, 2048, 50_000_000), REDUCE_ROWS);
+        assert_eq!(decoder_block_users(10, 0, 1682), 1);
+        assert_eq!(decoder_block_users(0, 5, 0), 5);
     }
 }
