@@ -1063,7 +1063,10 @@ mod tests {
                     let (mut fresh, mut fresh_rng) = (m.clone(), rng.clone());
                     m.step(&train, &users, &mut rng);
                     fresh.step(&train, &users, &mut fresh_rng);
-                    assert!(m.params == fresh.params, "reused buffers change a blocked step");
+                    assert!(
+                        m.params == fresh.params,
+                        "reused buffers change a blocked step"
+                    );
                     m.params
                 })
             };

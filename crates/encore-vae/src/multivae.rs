@@ -659,8 +659,7 @@ impl MultiVae {
         users: &[u32],
         rng: &mut ChaCha8Rng,
     ) -> StepLoss {
-        let x = SparseBatch::from_users(train, users);
-        let input = x.l2_normalised().dropout(self.config.dropout, rng);
+        let (x, input) = SparseBatch::training_csr(train, users, self.config.dropout, rng);
         let eps = normals(
             rng,
             users.len() * self.config.latent_dim,
@@ -673,8 +672,7 @@ impl MultiVae {
         );
         // c_u from the user's training row (the model input), not the dropped-out copy.
         let cond = self.cond_vectors(train, users);
-        let (parts, grads) =
-            self.loss_and_grads(&x.to_csr(), &input.to_csr(), cond.as_deref(), &eps, beta);
+        let (parts, grads) = self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta);
         self.adam.step(&mut self.params, &grads);
         self.updates += 1;
         parts
