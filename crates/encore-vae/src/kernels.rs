@@ -201,6 +201,44 @@ pub(crate) fn tanh_backward(g: &mut [f32], a: &[f32]) {
         });
 }
 
+/// Each row's sum in order, `((r₀ + r₁) + r₂) + …` from `0.0` (the bits of a plain loop),
+/// for the rows of a row-major `[rows, n]` block, into `out` (`rows` values). Four rows go
+/// side by side: a row's sum is one chain of dependent adds (four cycles each), so a single
+/// chain leaves the adders idle; four chains keep them busy without changing any row's order.
+pub(crate) fn ordered_row_sums(y: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(y.len(), n * out.len(), "rows and sums");
+    if n == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut groups = y.chunks_exact(4 * n);
+    let mut outs = out.chunks_exact_mut(4);
+    for (g, o) in (&mut groups).zip(&mut outs) {
+        let (r0, rest) = g.split_at(n);
+        let (r1, rest) = rest.split_at(n);
+        let (r2, r3) = rest.split_at(n);
+        let mut s = [0f32; 4];
+        for (((a, b), c), d) in r0.iter().zip(r1).zip(r2).zip(r3) {
+            s[0] += a;
+            s[1] += b;
+            s[2] += c;
+            s[3] += d;
+        }
+        o.copy_from_slice(&s);
+    }
+    for (row, o) in groups
+        .remainder()
+        .chunks_exact(n)
+        .zip(outs.into_remainder())
+    {
+        let mut s = 0f32;
+        for v in row {
+            s += v;
+        }
+        *o = s;
+    }
+}
+
 /// Column sums of a row-major `[rows, n]` matrix (rows summed in order).
 /// Ranges of columns run in parallel, each summing all rows in order, so every column gets
 /// the sequential sum whatever the number of threads.
@@ -1244,6 +1282,25 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(3));
+    }
+
+    /// Row sums four rows at a time are each row's plain sequential sum, bit for bit, for
+    /// any number of rows (full groups of four and a remainder).
+    #[test]
+    fn ordered_row_sums_are_the_sequential_sums() {
+        let mut rng = Rng(11);
+        for (rows, n) in [(0, 5), (1, 7), (3, 1), (4, 9), (9, 33), (13, 100)] {
+            let y: Vec<f32> = rng.vec(rows * n).iter().map(|v| v * 1e3).collect();
+            let mut got = vec![f32::NAN; rows];
+            ordered_row_sums(&y, n, &mut got);
+            for (r, g) in got.iter().enumerate() {
+                let mut want = 0f32;
+                for v in &y[r * n..(r + 1) * n] {
+                    want += v;
+                }
+                assert_eq!(g.to_bits(), want.to_bits(), "{rows} x {n}, row {r}");
+            }
+        }
     }
 
     #[test]
