@@ -3,10 +3,10 @@
 //! materialised `K x B x I` tensors and a gathered `K x nnz x hidden` first layer). The burn
 //! version (`MacridVae::loss`) stays as the reference the tests check this one against.
 //!
-//! Layout: facet-major stacks, row `k * B + r` is user `r`'s facet `k`. The decoder is
-//! evaluated one facet at a time (`Q_k = exp(z_k Ĥᵀ / τ)`, `B x I`), accumulating
-//! `p = Σ_k Q_k ⊙ C_{·k}`; training keeps the `Q_k` for the backward pass, scoring reuses one
-//! buffer. With `logits = ln p`, the multinomial loss's gradient with respect to `p` is
+//! Layout: facet-major stacks, row `k * B + r` is user `r`'s facet `k`. The decoder
+//! accumulates `p = Σ_k Q_k ⊙ C_{·k}` with `Q_k = exp(z_k Ĥᵀ / τ)` (`B x I`); scoring makes one
+//! facet's `Q_k` at a time in one buffer, training keeps every facet's for the backward pass,
+//! for one block of users at a time ([`MacridVae::decoder_train`]). With `logits = ln p`, the multinomial loss's gradient with respect to `p` is
 //! `(n_u / Σ_i p_ui − x_ui / p_ui) / B`, so no logarithm is needed in the backward pass.
 
 use rayon::prelude::*;
