@@ -41,6 +41,9 @@ pub struct TopK {
     /// The score of the k-th entry while the buffer is full and that score is not NaN (the
     /// threshold of the fast path); NaN otherwise (which disables the fast path).
     threshold: f32,
+    /// The excluded items of the current row as a bit set, one word per block of scores;
+    /// all zeros between calls of [`TopK::select`].
+    excluded: Vec<u32>,
 }
 
 impl TopK {
@@ -51,6 +54,7 @@ impl TopK {
             keys: Vec::with_capacity(k + 1),
             items: Vec::with_capacity(k + 1),
             threshold: f32::NAN,
+            excluded: Vec::new(),
         }
     }
 
@@ -97,45 +101,50 @@ impl TopK {
         }
     }
 
-    /// Offer item `item` with score `s` unless it cannot enter or is excluded. Items must come
-    /// in increasing index order (for the tie rule and for the exclusion cursor).
+    /// Offer item `item` (not excluded) with score `s` unless it cannot enter. Items must
+    /// come in increasing index order (for the tie rule).
     #[inline]
-    fn consider(&mut self, s: f32, item: u32, excluded: &mut ExclusionCursor) {
+    fn consider(&mut self, s: f32, item: u32) {
         let t = self.threshold;
         // A numeric threshold means the buffer is full and `s > t` is exactly "better than the
         // k-th entry" (NaN compares false; -0.0 and +0.0 compare equal).
-        let may_enter = t.is_nan() || s > t;
-        if !may_enter || excluded.contains(item) {
-            return;
+        if t.is_nan() || s > t {
+            self.offer(score_key(s), item, s);
         }
-        self.offer(score_key(s), item, s);
     }
 
     /// Select the best `k` items of `scores` (item `i` has score `scores[i]`), skipping the
     /// items in `excluded` (sorted ascending, unique).
     ///
     /// One sweep over the row: blocks of 32 scores are compared with the threshold (the
-    /// k-th best score so far, which only rises) without branches, and only blocks holding a
-    /// score above it are looked at item by item. Exclusions are checked only for those items,
-    /// with a cursor that moves forward through `excluded`, so they cost nothing in the sweep.
+    /// k-th best score so far, which only rises) without branches, and only the items with a
+    /// score above it are looked at one by one. The excluded items are a bit set with one
+    /// word per block, cleared from the block's mask before that: a user's training items
+    /// often score highest (they are the model's input) and each one cost a look.
     pub fn select(&mut self, scores: &[f32], excluded: &[u32]) {
         self.clear();
         if self.k == 0 {
             return;
         }
-        let mut cursor = ExclusionCursor {
-            list: excluded,
-            pos: 0,
-        };
+        let n = scores.len();
+        if self.excluded.len() < n.div_ceil(BLOCK) {
+            self.excluded.resize(n.div_ceil(BLOCK), 0);
+        }
+        for &i in excluded.iter().filter(|&&i| (i as usize) < n) {
+            self.excluded[i as usize / BLOCK] |= 1 << (i as usize % BLOCK);
+        }
         let mut blocks = scores.chunks_exact(BLOCK);
         let mut base = 0u32;
-        for block in &mut blocks {
+        for (w, block) in (&mut blocks).enumerate() {
             let block: &[f32; BLOCK] = block.try_into().expect("chunks_exact gives BLOCK");
             let t = self.threshold;
+            let ex = self.excluded[w];
             if t.is_nan() {
                 // Buffer not full yet, or its k-th entry is NaN: every item is considered.
                 for (j, &s) in block.iter().enumerate() {
-                    self.consider(s, base + j as u32, &mut cursor);
+                    if ex & (1 << j) == 0 {
+                        self.consider(s, base + j as u32);
+                    }
                 }
             } else {
                 // The items above the threshold, as a bit mask; only those are considered
@@ -146,34 +155,26 @@ impl TopK {
                 let mut mask = block
                     .iter()
                     .enumerate()
-                    .fold(0u32, |m, (j, &s)| m | (u32::from(s > t) << j));
+                    .fold(0u32, |m, (j, &s)| m | (u32::from(s > t) << j))
+                    & !ex;
                 while mask != 0 {
                     let j = mask.trailing_zeros();
-                    self.consider(block[j as usize], base + j, &mut cursor);
+                    self.consider(block[j as usize], base + j);
                     mask &= mask - 1;
                 }
             }
             base += BLOCK as u32;
         }
+        let ex = self.excluded.get(n / BLOCK).copied().unwrap_or(0);
         for (j, &s) in blocks.remainder().iter().enumerate() {
-            self.consider(s, base + j as u32, &mut cursor);
+            if ex & (1 << j) == 0 {
+                self.consider(s, base + j as u32);
+            }
         }
-    }
-}
-
-/// Membership in a sorted exclusion list for queries in increasing order (amortised O(1)).
-struct ExclusionCursor<'a> {
-    list: &'a [u32],
-    pos: usize,
-}
-
-impl ExclusionCursor<'_> {
-    #[inline]
-    fn contains(&mut self, item: u32) -> bool {
-        while self.pos < self.list.len() && self.list[self.pos] < item {
-            self.pos += 1;
+        // Back to all zeros for the next row.
+        for &i in excluded.iter().filter(|&&i| (i as usize) < n) {
+            self.excluded[i as usize / BLOCK] = 0;
         }
-        self.pos < self.list.len() && self.list[self.pos] == item
     }
 }
 
@@ -338,6 +339,30 @@ mod tests {
                 .filter(|&i| excl_mask[i as usize] && i % 3 == 0)
                 .collect();
             prop_assert_eq!(top(&scores, &excluded, k), rank_by_sort(&scores, &excluded, k));
+        }
+
+        /// One selector over several rows (its exclusion bit set must be empty again after
+        /// each), with exclusions past the end of a row, which are ignored.
+        #[test]
+        fn a_reused_selector_matches_a_full_stable_sort(
+            rows in prop::collection::vec(prop::collection::vec(score_strategy(), 0..120), 1..5),
+            excl_mask in prop::collection::vec(any::<bool>(), 130),
+            k in 1usize..20,
+        ) {
+            let mut t = TopK::new(k);
+            for (r, scores) in rows.iter().enumerate() {
+                let mut excluded: Vec<u32> = (0..130u32)
+                    .filter(|&i| excl_mask[i as usize] && (i as usize + r).is_multiple_of(2))
+                    .collect();
+                excluded.dedup();
+                t.select(scores, &excluded);
+                let kept: Vec<u32> = excluded
+                    .iter()
+                    .copied()
+                    .filter(|&i| (i as usize) < scores.len())
+                    .collect();
+                prop_assert_eq!(t.items().to_vec(), rank_by_sort(scores, &kept, k));
+            }
         }
     }
 }
