@@ -214,6 +214,8 @@ pub fn train(
         keep_per_user: false,
     };
     let tty = std::io::stderr().is_terminal();
+    // When the plots were last drawn (this process).
+    let mut plotted: Option<Instant> = None;
     while !state.finished && state.next_epoch < cfg.epochs {
         let epoch = state.next_epoch;
         let bar = ProgressBar::with_draw_target(
@@ -319,7 +321,11 @@ pub fn train(
                     .as_bytes(),
             )
         })?;
-        if evaluate_now {
+        // Redrawn after an evaluation at most every PLOT_INTERVAL, and when the run ends:
+        // drawing both takes about 5 ms, a sixth of the time of a MultiVAE epoch on ml-100k.
+        if evaluate_now && (state.finished || plotted.is_none_or(|t| t.elapsed() >= PLOT_INTERVAL))
+        {
+            plotted = Some(Instant::now());
             // Plots are a convenience: a failure to draw one is reported, not fatal.
             if let Err(e) = plot_history(run_dir, &history, &cfg.valid_metric) {
                 tracing::warn!("could not draw the validation plots: {e}");
@@ -338,6 +344,9 @@ pub fn train(
         stopped_early: state.stopped_early,
     })
 }
+
+/// The shortest time between two drawings of the validation plots during a run.
+const PLOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The folder to read a checkpoint from: `dir`, or `dir.old` when a run died between the two
 /// renames of [`replace_dir`].
