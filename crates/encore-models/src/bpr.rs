@@ -596,9 +596,9 @@ pub(crate) fn write_tensors(
     path: &Path,
     tensors: &[(&str, Vec<usize>, &[f32])],
 ) -> Result<(), ModelError> {
-    let bytes: Vec<Vec<u8>> = tensors
+    let bytes: Vec<_> = tensors
         .iter()
-        .map(|(_, _, data)| data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .map(|(_, _, data)| crate::config::f32_le_bytes(data))
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()

@@ -204,6 +204,18 @@ impl<T: ModelConfig> RunConfig<T> {
     }
 }
 
+/// The little-endian bytes of `values` (the layout safetensors stores): their own memory on a
+/// little-endian machine, a converted copy elsewhere. Checkpoints are written every epoch, and
+/// converting MultiVAE's 27 MB of weights and moments byte by byte took a third of its 18 ms
+/// checkpoint on ml-100k.
+pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+}
+
 /// Write `bytes` to `path` through a temporary file in the same folder and a rename, so that a
 /// crash leaves either the old file or the new one, never half of one (SPEC §8).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
@@ -403,6 +415,22 @@ pub fn check_range<V: PartialOrd + std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes written for safetensors are each value's little-endian encoding, in order.
+    #[test]
+    fn f32_bytes_are_little_endian_in_order() {
+        let v = [
+            1.0f32,
+            -0.0,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+            -3.25e7,
+            f32::INFINITY,
+        ];
+        let want: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(&*f32_le_bytes(&v), &want[..]);
+        assert!(f32_le_bytes(&[]).is_empty());
+    }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]

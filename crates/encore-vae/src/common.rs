@@ -121,9 +121,9 @@ pub(crate) fn write_safetensors(
     tensors: &[(String, Vec<usize>, &[f32])],
 ) -> Result<(), ModelError> {
     use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<Vec<u8>> = tensors
+    let bytes: Vec<_> = tensors
         .iter()
-        .map(|(_, _, d)| d.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .map(|(_, _, d)| encore_models::config::f32_le_bytes(d))
         .collect();
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
