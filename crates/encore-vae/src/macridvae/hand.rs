@@ -457,6 +457,11 @@ impl MacridVae {
             }
             colsum
         };
+        // dz_k = dS_k Ĥ for all facets of `dS` (`[rows, I]`) in one product.
+        let dz_product = |out: &mut [f32], ds: &[f32]| {
+            let rows = ds.len() / n.max(1);
+            matmul(out, Mat::new(ds, rows, n), Mat::new(items_n, n, de), false)
+        };
         let add_colsum = |dc: &mut [f32], f: usize, colsum: &[f32]| {
             for (i, v) in colsum.iter().enumerate() {
                 dc[i * k + f] += v;
@@ -564,14 +569,7 @@ impl MacridVae {
                             d_items_product(&mut d_items_t, k - 1, &q_all[(k - 1) * b * n..]);
                         }
                     },
-                    || {
-                        matmul(
-                            &mut dz,
-                            Mat::new(q_all, k * b, n),
-                            Mat::new(items_n, n, de),
-                            false,
-                        )
-                    },
+                    || dz_product(&mut dz, q_all),
                 );
             } else {
                 // The facets' passes side by side (a block may have a single row block).
@@ -599,14 +597,7 @@ impl MacridVae {
                             true,
                         )
                     },
-                    || {
-                        matmul(
-                            &mut dzb,
-                            Mat::new(q_all, k * bb, n),
-                            Mat::new(items_n, n, de),
-                            false,
-                        )
-                    },
+                    || dz_product(&mut dzb, q_all),
                 );
                 for f in 0..k {
                     dz[(f * b + u0) * de..(f * b + u1) * de]
