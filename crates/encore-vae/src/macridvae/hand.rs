@@ -49,9 +49,10 @@ const REDUCE_ROWS: usize = 64;
 
 /// The training decoder's budget for one block's `Q` (all facets): 256 MiB, 64 users of a
 /// 57,000-item catalogue with 10 facets (the whole batch's would be 4.7 GB). Measured at that
-/// size (`examples/scale`, 2 threads): 64 and 128 users per block ran at the same speed, the
-/// whole batch in one block 15% slower, 16 users 35% slower (the item gradient's
-/// accumulator is read and written once per block).
+/// size (`examples/scale`, 2 threads): 64 to 512 users per block ran alike (4.8-5.2 s per
+/// batch before the facet-parallel pass and the `dSᵀ z` shape below; 64 and 128 users 4.3-4.4
+/// s after), 16 users 5.9 s (the item gradient's accumulator is read and written once per
+/// block). Blocks small enough to stay in the last-level cache gained nothing here.
 const DECODER_BLOCK_BYTES: usize = 256 << 20;
 
 /// Users per block of [`MacridVae::decoder_train`]: the whole batch when its `Q` fits
@@ -582,7 +583,7 @@ impl MacridVae {
                     add_colsum(&mut dc, f, colsum);
                 }
                 // All facets of the block in one product each: the item gradient (its
-                // `[de, I]` accumulator is read and written once per block, not per facet)
+                // `[I, de]` accumulator is read and written once per block, not per facet)
                 // beside dz.
                 let q_all: &[f32] = qb;
                 dzb.resize(k * bb * de, 0.0);
