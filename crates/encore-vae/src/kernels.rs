@@ -598,49 +598,6 @@ pub(crate) fn tanh_inplace(y: &mut [f32]) {
     y.par_chunks_mut(16_384).for_each(|c| tanh_slice(isa, c));
 }
 
-/// The constants of one Adam update (see [`adam_update`]).
-#[derive(Clone, Copy)]
-pub(crate) struct AdamStep {
-    pub b1: f32,
-    pub b2: f32,
-    /// `lr / (1 − β₁ᵗ)`.
-    pub step: f32,
-    /// `sqrt(1 − β₂ᵗ)`.
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-}
-
-/// One Adam update over a parameter: `m = β₁ m + (1 − β₁) g`, `v = β₂ v + (1 − β₂) g²`,
-/// `p −= step · m / (sqrt(v) / bc2_sqrt + ε)`, in parallel chunks and the widest
-/// instructions this CPU has (square root and division are correctly rounded everywhere, so
-/// the bits do not depend on either). On ml-100k it is bound by memory, not arithmetic:
-/// MultiVAE's 2.25M parameters stream 28 bytes each (2.9 ms per step on one thread, the same
-/// as the indexed scalar loop it replaced).
-pub(crate) fn adam_update(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], a: AdamStep) {
-    assert!(
-        m.len() == p.len() && v.len() == p.len() && g.len() == p.len(),
-        "Adam: parameter, moments and gradient sizes differ"
-    );
-    let isa = Isa::detect();
-    const CHUNK: usize = 1 << 14;
-    p.par_chunks_mut(CHUNK)
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .zip(g.par_chunks(CHUNK))
-        .for_each(|(((p, m), v), g)| adam_slice(isa, p, m, v, g, a));
-}
-
-per_isa! {
-    /// [`adam_update`] on one chunk.
-    fn adam_slice(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], a: AdamStep) {
-        for (((p, m), v), g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
-            *m = a.b1 * *m + (1.0 - a.b1) * g;
-            *v = a.b2 * *v + (1.0 - a.b2) * g * g;
-            *p -= a.step * *m / (v.sqrt() / a.bc2_sqrt + a.eps);
-        }
-    }
-}
-
 per_isa! {
     /// `v = tanh(v)` over a slice, in chunks of [`ILP_CHUNK`].
     fn tanh_slice(y: &mut [f32]) {
@@ -1217,8 +1174,7 @@ mod tests {
     }
 
     /// The vectorised element-wise passes give, on every instruction set this CPU has, the
-    /// bits of the scalar [`exp`] and [`tanh`] element by element, and the Adam update the
-    /// bits of the update written out per element.
+    /// bits of the scalar [`exp`] and [`tanh`] element by element.
     #[test]
     fn elementwise_kernels_match_scalar_bits_on_every_isa() {
         let mut rng = Rng(5);
@@ -1247,31 +1203,6 @@ mod tests {
             exp_scaled_accumulate_slice(isa, &mut q, &mut p, &c, 0.1);
             assert_eq!(bits(&q), bits(&want_q), "{isa:?} q");
             assert_eq!(bits(&p), bits(&want_p), "{isa:?} p");
-            // Adam: the update written out element by element.
-            let a = AdamStep {
-                b1: 0.9,
-                b2: 0.999,
-                step: 1e-3 / 0.19,
-                bc2_sqrt: 0.0447,
-                eps: 1e-8,
-            };
-            let (mut w, mut m, mut v) = (
-                c.clone(),
-                x.clone(),
-                c.iter().map(|c| c * c).collect::<Vec<f32>>(),
-            );
-            let (mut want_w, mut want_m, mut want_v) = (w.clone(), m.clone(), v.clone());
-            for j in 0..x.len() {
-                let g = x[j] * 0.01;
-                want_m[j] = 0.9 * want_m[j] + (1.0 - 0.9f32) * g;
-                want_v[j] = 0.999 * want_v[j] + (1.0 - 0.999f32) * g * g;
-                want_w[j] -= a.step * want_m[j] / (want_v[j].sqrt() / a.bc2_sqrt + a.eps);
-            }
-            let g: Vec<f32> = x.iter().map(|v| v * 0.01).collect();
-            adam_slice(isa, &mut w, &mut m, &mut v, &g, a);
-            assert_eq!(bits(&w), bits(&want_w), "{isa:?} adam p");
-            assert_eq!(bits(&m), bits(&want_m), "{isa:?} adam m");
-            assert_eq!(bits(&v), bits(&want_v), "{isa:?} adam v");
         }
         // The row-parallel wrapper: rows of 100 on 1 and 3 threads.
         let run = |threads: usize| {
