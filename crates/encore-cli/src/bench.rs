@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use encore_baselines::Pop;
+use encore_core::ModelScorer;
 use encore_data::readers::InteractionFormat;
 use encore_data::synth::{self, Preset, SynthConfig};
 use encore_data::{cache, Dataset, PrepareOptions};
 use encore_eval::{evaluate, EvalOptions};
-use encore_models::{ModelScorer, Pop};
 
 #[derive(Args, Clone, Debug)]
 #[command(

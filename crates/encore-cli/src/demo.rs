@@ -82,9 +82,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let mut results = Vec::new();
     // Every model, then the conditioned MultiVAE and MacridVAE (tensor fusion of the world's
     // audio descriptors and its 768-d lyrics-embedding stand-in; SPEC §3).
-    let mut entries: Vec<(String, &str, FeatureSources)> = models::MODELS
+    let mut entries: Vec<(String, &str, FeatureSources)> = models::registry()
         .iter()
-        .map(|&m| (m.to_string(), m, FeatureSources::default()))
+        .map(|e| (e.name.to_string(), e.name, FeatureSources::default()))
         .collect();
     let world_features = FeatureSources {
         audio: Some(world.join("id_ivec512.tsv")),

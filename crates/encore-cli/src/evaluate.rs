@@ -49,7 +49,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     }
     if let Some(dir) = &args.run {
         let loaded = run::load(dir)?;
-        let model = models::load(&loaded.info.model, &dir.join("model"))?;
+        let model = (models::find(&loaded.info.model)?.load)(&dir.join("model"))?;
         let (valid, test) = evaluate_split(model.as_ref(), &loaded.split, &args.k);
         println!(
             "{} on {} ({} split, seed {})",

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use encore_core::conditioning::{Conditioning, ConditioningKind};
 use encore_data::features::{read_feature_tsv, read_text_folder, read_text_table, FeatureTable};
 use encore_data::split::write_atomic;
 use encore_data::IdMap;
 use encore_features::{fuse, FusionConfig, FusionMethod, FusionModel};
 use encore_text::{embed_table, EmbedOptions, Pooling, TextEncoder};
-use encore_vae::conditioning::Conditioning;
 use serde::{Deserialize, Serialize};
 
 #[derive(Subcommand)]
@@ -359,13 +359,14 @@ impl BuiltConditioning {
 /// fused vectors out by item index (items without features get none: the model skips them
 /// when pooling). Nothing is written: the caller saves the result once the run exists.
 pub fn build_conditioning(
-    kind: &str,
+    kind: ConditioningKind,
     dim: usize,
     items: &IdMap,
     sources: &FeatureSources,
     seed: u64,
 ) -> Result<BuiltConditioning> {
     let method: FusionMethod = kind
+        .name()
         .parse()
         .map_err(|e| anyhow::anyhow!("conditioning: {e}"))?;
     let (need_audio, need_lyrics) = (method.needs_audio(), method.needs_lyrics());

@@ -54,7 +54,7 @@ enum Command {
 
 fn main() {
     // Large per-step buffers are reused instead of page-faulted afresh (see the module doc).
-    encore_models::alloc::retain_freed_memory();
+    encore_core::alloc::retain_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

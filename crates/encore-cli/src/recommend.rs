@@ -28,7 +28,7 @@ pub struct RecommendArgs {
 
 pub fn run(args: RecommendArgs) -> Result<()> {
     let loaded = run::load(&args.run)?;
-    let model = models::load(&loaded.info.model, &args.run.join("model"))?;
+    let model = (models::find(&loaded.info.model)?.load)(&args.run.join("model"))?;
     let ds = &loaded.dataset;
     let s = &loaded.split;
     let n_items = model.n_items();

@@ -4,20 +4,21 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use encore_core::conditioning::Conditioning;
+use encore_core::registry::FitInput;
+use encore_core::{ModelScorer, Recommender};
 use encore_data::{Dataset, Split, SplitKind};
 use encore_eval::{evaluate, EvalOptions, MetricReport};
-use encore_models::{ModelScorer, Recommender};
-use encore_vae::conditioning::Conditioning;
 
 use crate::run::{self, RunInfo, RunMetrics};
 use crate::{data, models};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Models: pop, ease, bpr, lightgcn, multivae, macridvae.\n\nExamples:\n  encore train --model multivae --data data/ml-100k --split ratio --seed 2020\n  encore train --model macridvae --data data/ml-100k --set preset=recbole --set lr=0.005\n  encore train --model lightgcn --config configs/lightgcn.toml --data data/ml-100k --out runs/lgcn\n  encore train --model bpr --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/bpr-external\n  encore train --model lightgcn --out runs/lgcn --resume     # continue a killed run\n  encore train --model multivae --data data/small --set conditioning=tensor --audio world/id_ivec512.tsv --lyrics world/id_lyrics_bert.tsv\n  encore train --model multivae --data data/lastfm --set conditioning=lyrics --lyrics id_tags_emb.tsv\n\nConditioning (MultiVAE-C, MacridVAE-C): `--set conditioning=audio|lyrics|concat|tensor` with the\nfeature tables it needs; the fused vectors (PCA to `cond_dim`, default 128) are fitted on the\ndataset's catalogue and kept in <run>/conditioning/."
+    after_help = "Models: pop, itemknn, ease, bpr, lightgcn, multivae, macridvae.\n\nExamples:\n  encore train --model multivae --data data/ml-100k --split ratio --seed 2020\n  encore train --model macridvae --data data/ml-100k --set preset=recbole --set lr=0.005\n  encore train --model lightgcn --config configs/lightgcn.toml --data data/ml-100k --out runs/lgcn\n  encore train --model bpr --data data/ml-100k --split-dir splits/ml-100k-2020 --out runs/bpr-external\n  encore train --model lightgcn --out runs/lgcn --resume     # continue a killed run\n  encore train --model multivae --data data/small --set conditioning=tensor --audio world/id_ivec512.tsv --lyrics world/id_lyrics_bert.tsv\n  encore train --model multivae --data data/lastfm --set conditioning=lyrics --lyrics id_tags_emb.tsv\n\nConditioning (MultiVAE-C, MacridVAE-C): `--set conditioning=audio|lyrics|concat|tensor` with the\nfeature tables it needs; the fused vectors (PCA to `cond_dim`, default 128) are fitted on the\ndataset's catalogue and kept in <run>/conditioning/."
 )]
 pub struct TrainArgs {
-    /// The model to train: pop, ease, bpr, lightgcn, multivae or macridvae.
+    /// The model to train: pop, itemknn, ease, bpr, lightgcn, multivae or macridvae.
     #[arg(long)]
     pub model: String,
     /// A TOML config (see configs/); keys not in it take the preset's defaults.
@@ -123,7 +124,7 @@ fn dir_name(p: &Path) -> String {
 
 /// Train, evaluate and record one run.
 pub fn train(args: &TrainArgs) -> Result<TrainResult> {
-    models::check_name(&args.model)?;
+    let entry = models::find(&args.model)?;
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k: expected a comma-separated list of positive cut-offs, e.g. 5,10,20");
     }
@@ -145,12 +146,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
             );
         }
         let config_file = run_dir.join("config.toml");
-        let file = (args.model != "pop").then_some(config_file.as_path());
-        let resolved = models::resolve(&args.model, file, &[], None)?;
+        let resolved = (entry.resolve)(Some(&config_file), &[], None)?;
         // Re-running the original command with --resume is fine; a different config is not.
         if args.config.is_some() || !args.sets.is_empty() || args.seed.is_some() {
-            let given =
-                models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
+            let given = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
             if given.to_toml()? != resolved.to_toml()? {
                 bail!(
                     "--resume: the given --config/--set/--seed differ from the config recorded in {}; \
@@ -161,7 +160,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
         }
         (run_dir, loaded.split, resolved, None)
     } else {
-        let resolved = models::resolve(&args.model, args.config.as_deref(), &args.sets, args.seed)?;
+        let resolved = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
         let (dataset, split) = dataset_and_split(args, seed)?;
         let run_dir = args.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(format!(
@@ -198,9 +197,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
         if let Some(b) = &built {
             b.save(&run_dir.join(crate::features::CONDITIONING_DIR))?;
         }
-        encore_data::split::write_atomic(&run_dir.join("config.toml"), |w| {
-            std::io::Write::write_all(w, resolved.to_toml().unwrap_or_default().as_bytes())
-        })?;
+        encore_io::write_bytes(&run_dir.join("config.toml"), resolved.to_toml()?.as_bytes())?;
         (run_dir, split, resolved, built)
     };
 
@@ -215,7 +212,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
     };
 
     let start = std::time::Instant::now();
-    let (model, outcome) = models::fit(&resolved, &split, &run_dir, args.resume, cond)?;
+    let fitted = resolved.fit(FitInput {
+        train: &split.train,
+        input: &split.input,
+        valid: &split.valid,
+        run_dir: &run_dir,
+        resume: args.resume,
+        conditioning: cond,
+    })?;
+    let (model, outcome) = (fitted.model, fitted.outcome);
     let train_seconds = outcome
         .as_ref()
         .map_or(start.elapsed().as_secs_f64(), |o| o.seconds);

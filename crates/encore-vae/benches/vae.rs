@@ -10,8 +10,8 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use encore_core::{EpochContext, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::{EpochContext, Recommender, Trainable};
 use encore_vae::{Conditioning, MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -84,7 +84,7 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
     let cfg = MultiVaeConfig {
-        conditioning: "tensor".into(),
+        conditioning: encore_vae::ConditioningKind::Tensor,
         ..MultiVaeConfig::recbole()
     };
     let mut m = MultiVae::with_conditioning(cfg, n, Some(cond.clone())).unwrap();
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| m.score_users(&users, &train, &mut out))
     });
     let cfg = MacridVaeConfig {
-        conditioning: "tensor".into(),
+        conditioning: encore_vae::ConditioningKind::Tensor,
         ..MacridVaeConfig::recbole()
     };
     let mut m = MacridVae::with_conditioning(cfg, n, Some(cond)).unwrap();

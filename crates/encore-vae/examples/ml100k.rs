@@ -16,13 +16,13 @@
 
 use std::path::PathBuf;
 
+use encore_core::config::{resolve, ModelConfig, RunConfig};
+use encore_core::trainer::{read_log, train, TrainData};
+use encore_core::{ModelScorer, Recommender, Trainable};
 use encore_data::readers::InteractionFormat;
 use encore_data::split::{Split, SplitKind};
 use encore_data::{Dataset, PrepareOptions};
 use encore_eval::{evaluate, EvalOptions};
-use encore_models::config::{resolve, ModelConfig, RunConfig};
-use encore_models::trainer::{read_log, train, TrainData};
-use encore_models::{ModelScorer, Recommender, Trainable};
 use encore_vae::{MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

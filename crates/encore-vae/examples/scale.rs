@@ -10,15 +10,15 @@
 
 use std::time::Instant;
 
+use encore_core::{EpochContext, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::{EpochContext, Trainable};
 use encore_vae::{MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // As the `encore` binary does: reuse large buffers across steps (no fresh page faults).
-    encore_models::alloc::retain_freed_memory();
+    encore_core::alloc::retain_freed_memory();
     let batches: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())

@@ -22,8 +22,8 @@ use std::path::Path;
 
 #[cfg(test)]
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use encore_core::ModelError;
 use encore_data::InteractionMatrix;
-use encore_models::ModelError;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -114,53 +114,6 @@ impl Params {
 
 /// Named tensors read from a safetensors file: name -> (shape, values).
 pub(crate) type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
-
-/// Write named f32 tensors to a safetensors file atomically.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, &[f32])],
-) -> Result<(), ModelError> {
-    use safetensors::tensor::{Dtype, TensorView};
-    let bytes: Vec<_> = tensors
-        .iter()
-        .map(|(_, _, d)| encore_models::config::f32_le_bytes(d))
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| ModelError::format(path, format!("tensor `{name}`: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    let data = safetensors::serialize(views, &None)
-        .map_err(|e| ModelError::format(path, format!("cannot serialise: {e}")))?;
-    encore_models::config::write_atomic(path, &data)
-}
-
-/// Read every f32 tensor of a safetensors file.
-pub(crate) fn read_safetensors(path: &Path) -> Result<NamedTensors, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::tensor::Dtype::F32 {
-            return Err(ModelError::format(
-                path,
-                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), data));
-    }
-    Ok(out)
-}
 
 /// Adam (Kingma & Ba 2015) as PyTorch implements it (`eps` added to the bias-corrected
 /// `sqrt(v)`), no weight decay: the optimiser of both references (Liang et al. use
@@ -603,14 +556,9 @@ pub(crate) fn write_meta(
     config_toml: &str,
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    encore_models::config::write_atomic(&dir.join("config.toml"), config_toml.as_bytes())?;
+    encore_io::write_bytes(&dir.join("config.toml"), config_toml.as_bytes())?;
     let meta = serde_json::json!({ "model": name, "n_items": n_items, "format": 1 });
-    encore_models::config::write_atomic(
-        &dir.join("meta.json"),
-        serde_json::to_string_pretty(&meta)
-            .expect("json")
-            .as_bytes(),
-    )
+    Ok(encore_io::write_json(&dir.join("meta.json"), &meta)?)
 }
 
 /// Read `meta.json` and `config.toml` from a saved model folder, checking the model name.
@@ -647,7 +595,7 @@ pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<(usize, toml::Table), 
 /// batches of `batch_size`, one `step` per batch (returning loss, reconstruction, KL and the KL
 /// weight), the progress bar advanced per batch; the loss parts are means over batches.
 pub(crate) fn run_epoch(
-    ctx: encore_models::EpochContext<'_>,
+    ctx: encore_core::EpochContext<'_>,
     n_items: usize,
     batch_size: usize,
     mut step: impl FnMut(&InteractionMatrix, &[u32], &mut ChaCha8Rng) -> [f64; 4],
@@ -684,21 +632,21 @@ pub(crate) fn save_training_extras(
     adam: &Adam,
     updates: u64,
 ) -> Result<(), ModelError> {
-    write_safetensors(&dir.join("adam.safetensors"), &adam.to_safetensors())?;
+    encore_io::write_f32_tensors(&dir.join("adam.safetensors"), &adam.to_safetensors(), None)?;
     let counters = TrainCounters {
         adam_steps: adam.t,
         updates,
     };
-    encore_models::config::write_atomic(
+    Ok(encore_io::write_bytes(
         &dir.join("counters.json"),
         serde_json::to_string(&counters).expect("json").as_bytes(),
-    )
+    )?)
 }
 
 /// Read back what [`save_training_extras`] wrote into `adam`; returns the update counter.
 pub(crate) fn load_training_extras(dir: &Path, adam: &mut Adam) -> Result<u64, ModelError> {
     let path = dir.join("adam.safetensors");
-    adam.fill_from(&read_safetensors(&path)?, &path)?;
+    adam.fill_from(&encore_io::read_f32_tensors(&path)?.map, &path)?;
     let cpath = dir.join("counters.json");
     let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
     let c: TrainCounters = serde_json::from_str(&text)

@@ -5,9 +5,9 @@
 //! config key `conditioning` other than `none` and a [`Conditioning`] of fused item features
 //! given to `with_conditioning`.
 //!
-//! Both implement [`encore_models::Recommender`] (scoring without autodiff, batched, fold-in of
-//! any history) and [`encore_models::Trainable`] (one epoch of Adam steps, and a training state
-//! that resumes exactly), so the generic trainer in `encore_models::trainer` drives them.
+//! Both implement [`encore_core::Recommender`] (scoring without autodiff, batched, fold-in of
+//! any history) and [`encore_core::Trainable`] (one epoch of Adam steps, and a training state
+//! that resumes exactly), so the generic trainer in `encore_core::trainer` drives them.
 //!
 //! The forward and backward passes are written by hand over the `gemm` crate (module
 //! `kernels` says why: burn's graph overhead made a ml-100k step 2-5x slower than the
@@ -22,6 +22,6 @@ pub mod macridvae;
 pub mod multivae;
 
 pub use common::Init;
-pub use conditioning::{Conditioning, CONDITIONING_KINDS};
+pub use conditioning::{Conditioning, ConditioningKind};
 pub use macridvae::{MacridVae, MacridVaeConfig};
 pub use multivae::{MultiVae, MultiVaeConfig};

@@ -60,21 +60,23 @@ use burn::tensor::{
     activation::{log_softmax, softmax},
     Device, IndexingUpdateOp, Tensor,
 };
+use encore_core::config::RunConfig;
+use encore_core::config::{check_range, ModelConfig, Preset, TrainerConfig};
+use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
+use encore_core::{EpochContext, ModelError, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::config::{check_range, ModelConfig, TrainerConfig};
-use encore_models::{EpochContext, ModelError, Recommender, Trainable};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, bias, check_out, checked_history, kl_weight, normals, read_meta, read_safetensors,
-    write_meta, write_safetensors, xavier, Adam, Init, Params, SparseBatch,
+    self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
+    Adam, Init, Params, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, l2_normalise_rows, linear, to_vec};
-use crate::conditioning::{self, Conditioning};
+use crate::conditioning::{self, Conditioning, ConditioningKind};
 use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
 
 /// MacridVAE's configuration (see the module documentation for the two presets).
@@ -82,7 +84,7 @@ use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
 #[serde(deny_unknown_fields)]
 pub struct MacridVaeConfig {
     /// `"original"` (Ma et al.'s code) or `"recbole"` (RecBole 1.2's defaults).
-    pub preset: String,
+    pub preset: Preset,
     /// Number of facets (prototypes) `K`, >= 1. original 7; recbole 10.
     pub n_facets: usize,
     /// Latent size `d` per facet (also the item-embedding size). original 100; recbole 64.
@@ -118,8 +120,8 @@ pub struct MacridVaeConfig {
     /// Conditioning (MODELS.md "Conditioning"): `"none"` (plain MacridVAE) or the fusion the
     /// features come from, `"audio"`, `"lyrics"`, `"concat"`, `"tensor"` (MacridVAE-C, built
     /// with [`MacridVae::with_conditioning`]). Default `"none"`.
-    #[serde(default = "conditioning::default_kind")]
-    pub conditioning: String,
+    #[serde(default)]
+    pub conditioning: ConditioningKind,
     /// Dimensions of the fused features `dim(c_u)`, >= 1 (the CLI fuses to this size); only
     /// used when conditioned. Default 128 (SPEC §3).
     #[serde(default = "conditioning::default_dim")]
@@ -130,7 +132,7 @@ impl MacridVaeConfig {
     /// The `original` preset.
     pub fn original() -> Self {
         MacridVaeConfig {
-            preset: "original".into(),
+            preset: Preset::Original,
             n_facets: 7,
             latent_dim: 100,
             hidden_dims: vec![100],
@@ -146,7 +148,7 @@ impl MacridVaeConfig {
             init: Init::XavierUniform,
             bias_init_std: 0.001,
             init_seed: 2020,
-            conditioning: conditioning::default_kind(),
+            conditioning: ConditioningKind::None,
             cond_dim: conditioning::default_dim(),
         }
     }
@@ -154,7 +156,7 @@ impl MacridVaeConfig {
     /// The `recbole` preset.
     pub fn recbole() -> Self {
         MacridVaeConfig {
-            preset: "recbole".into(),
+            preset: Preset::Recbole,
             n_facets: 10,
             latent_dim: 64,
             hidden_dims: vec![600],
@@ -171,16 +173,17 @@ impl MacridVaeConfig {
 impl ModelConfig for MacridVaeConfig {
     const MODEL: &'static str = "macridvae";
 
-    fn presets() -> &'static [&'static str] {
-        &["original", "recbole"]
+    const SEED_KEYS: &'static [&'static str] = &["init_seed"];
+
+    fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Original => Self::original(),
+            Preset::Recbole => Self::recbole(),
+        }
     }
 
-    fn preset(name: &str) -> Option<Self> {
-        match name {
-            "original" => Some(Self::original()),
-            "recbole" => Some(Self::recbole()),
-            _ => None,
-        }
+    fn conditioning(&self) -> Option<(ConditioningKind, usize)> {
+        conditioning::reported(self.conditioning, self.cond_dim)
     }
 
     fn check(&self) -> Result<(), ModelError> {
@@ -207,12 +210,16 @@ impl ModelConfig for MacridVaeConfig {
         check_lr(self.lr)?;
         check_range("batch_size", self.batch_size, 1, 1 << 24)?;
         check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)?;
-        conditioning::check_config(&self.conditioning, self.cond_dim)
+        conditioning::check_config(self.cond_dim)
     }
 
     fn trainer_defaults(&self) -> TrainerConfig {
         TrainerConfig {
-            epochs: if self.preset == "recbole" { 300 } else { 200 },
+            epochs: if self.preset == Preset::Recbole {
+                300
+            } else {
+                200
+            },
             ..TrainerConfig::default()
         }
     }
@@ -345,7 +352,7 @@ impl MacridVae {
     ) -> Result<Self, ModelError> {
         config.check()?;
         let cd = conditioning::prepare_model(
-            &config.conditioning,
+            config.conditioning,
             config.cond_dim,
             n_items,
             cond.as_ref(),
@@ -397,10 +404,10 @@ impl MacridVae {
     /// MacridVAE-C).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let (n_items, table) = read_meta(dir, MacridVaeConfig::MODEL)?;
-        let config = encore_models::config::resolve_table::<MacridVaeConfig>(table)
+        let config = encore_core::config::resolve_table::<MacridVaeConfig>(table)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
             .model;
-        let cond = if config.conditioning == "none" {
+        let cond = if config.conditioning == ConditioningKind::None {
             None
         } else {
             Some(Conditioning::load(dir)?)
@@ -408,7 +415,7 @@ impl MacridVae {
         let mut model = MacridVae::with_conditioning(config, n_items, cond)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
-        let tensors = read_safetensors(&path)?;
+        let tensors = encore_io::read_f32_tensors(&path)?.map;
         model.params.fill_from(&tensors, "", &path)?;
         Ok(model)
     }
@@ -756,9 +763,10 @@ impl Recommender for MacridVae {
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         let cfg = model_config_toml(&self.config)?;
         write_meta(dir, self.name(), self.n_items, &cfg)?;
-        write_safetensors(
+        encore_io::write_f32_tensors(
             &dir.join("model.safetensors"),
             &self.params.to_safetensors(""),
+            None,
         )?;
         match &self.cond {
             Some(c) => c.save(dir),
@@ -798,6 +806,27 @@ impl Trainable for MacridVae {
         self.params = loaded.params;
         self.updates = common::load_training_extras(dir, &mut self.adam)?;
         Ok(())
+    }
+}
+
+/// MacridVae's registry entry.
+pub fn entry() -> ModelEntry {
+    ModelEntry::trained::<MacridVae>(
+        "MacridVAE (Ma et al. 2019): disentangled facets, optionally conditioned (MacridVAE-C)",
+    )
+}
+
+impl TrainedModel for MacridVae {
+    type Config = MacridVaeConfig;
+    fn init(c: &RunConfig<MacridVaeConfig>, input: &FitInput<'_>) -> Result<Self, ModelError> {
+        MacridVae::with_conditioning(
+            c.model.clone(),
+            input.train.n_items(),
+            input.conditioning.clone(),
+        )
+    }
+    fn load(dir: &Path) -> Result<Self, ModelError> {
+        MacridVae::load(dir)
     }
 }
 
@@ -991,7 +1020,7 @@ mod tests {
 
     fn conditioned(cfg: MacridVaeConfig, dim: usize) -> MacridVae {
         let cfg = MacridVaeConfig {
-            conditioning: "tensor".into(),
+            conditioning: ConditioningKind::Tensor,
             cond_dim: dim,
             ..cfg
         };
@@ -1072,7 +1101,7 @@ mod tests {
             )
             .unwrap();
             let cfg = MacridVaeConfig {
-                conditioning: "audio".into(),
+                conditioning: ConditioningKind::Audio,
                 ..preset.clone()
             };
             let run = |threads: usize| {
@@ -1147,7 +1176,7 @@ mod tests {
             ("nogb=3", "nogb"),
             ("kfac=3", "kfac"),
         ] {
-            let e = encore_models::config::resolve::<MacridVaeConfig>(None, &[set.to_string()])
+            let e = encore_core::config::resolve::<MacridVaeConfig>(None, &[set.to_string()])
                 .unwrap_err();
             match e {
                 ModelError::Config { key: k, .. } => assert_eq!(k, key, "{set}"),

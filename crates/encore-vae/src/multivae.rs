@@ -49,21 +49,23 @@ use std::path::Path;
 
 #[cfg(test)]
 use burn::tensor::{activation::log_softmax, Device, Tensor};
+use encore_core::config::RunConfig;
+use encore_core::config::{check_range, ModelConfig, Preset, TrainerConfig};
+use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
+use encore_core::{EpochContext, ModelError, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::config::{check_range, ModelConfig, TrainerConfig};
-use encore_models::{EpochContext, ModelError, Recommender, Trainable};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, bias, check_out, checked_history, kl_weight, normals, read_meta, read_safetensors,
-    write_meta, write_safetensors, xavier, Adam, Init, Params, SparseBatch,
+    self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
+    Adam, Init, Params, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, sparse_linear, to_vec};
-use crate::conditioning::{self, Conditioning};
+use crate::conditioning::{self, Conditioning, ConditioningKind};
 use crate::kernels::{add_bias, col_sums, matmul, tanh_backward, tanh_inplace, Csr, Mat};
 
 /// MultiVAE's configuration (see the module documentation for the two presets).
@@ -71,7 +73,7 @@ use crate::kernels::{add_bias, col_sums, matmul, tanh_backward, tanh_inplace, Cs
 #[serde(deny_unknown_fields)]
 pub struct MultiVaeConfig {
     /// `"original"` (Liang et al.'s notebook) or `"recbole"` (RecBole 1.2's defaults).
-    pub preset: String,
+    pub preset: Preset,
     /// Hidden layer sizes of the encoder (the decoder uses them reversed). Each >= 1.
     /// Both presets: `[600]`.
     pub hidden_dims: Vec<usize>,
@@ -100,8 +102,8 @@ pub struct MultiVaeConfig {
     /// Conditioning (MODELS.md "Conditioning"): `"none"` (plain MultiVAE) or the fusion the
     /// features come from, `"audio"`, `"lyrics"`, `"concat"`, `"tensor"` (MultiVAE-C, built
     /// with [`MultiVae::with_conditioning`]). Default `"none"`.
-    #[serde(default = "conditioning::default_kind")]
-    pub conditioning: String,
+    #[serde(default)]
+    pub conditioning: ConditioningKind,
     /// Dimensions of the fused features `dim(c_u)`, >= 1 (the CLI fuses to this size); only
     /// used when conditioned. Default 128 (SPEC §3).
     #[serde(default = "conditioning::default_dim")]
@@ -112,7 +114,7 @@ impl MultiVaeConfig {
     /// The `original` preset.
     pub fn original() -> Self {
         MultiVaeConfig {
-            preset: "original".into(),
+            preset: Preset::Original,
             hidden_dims: vec![600],
             latent_dim: 200,
             dropout: 0.5,
@@ -124,7 +126,7 @@ impl MultiVaeConfig {
             init: Init::XavierUniform,
             bias_init_std: 0.001,
             init_seed: 2020,
-            conditioning: conditioning::default_kind(),
+            conditioning: ConditioningKind::None,
             cond_dim: conditioning::default_dim(),
         }
     }
@@ -132,7 +134,7 @@ impl MultiVaeConfig {
     /// The `recbole` preset.
     pub fn recbole() -> Self {
         MultiVaeConfig {
-            preset: "recbole".into(),
+            preset: Preset::Recbole,
             latent_dim: 64,
             noise_std: 0.01,
             batch_size: 2048,
@@ -146,16 +148,17 @@ impl MultiVaeConfig {
 impl ModelConfig for MultiVaeConfig {
     const MODEL: &'static str = "multivae";
 
-    fn presets() -> &'static [&'static str] {
-        &["original", "recbole"]
+    const SEED_KEYS: &'static [&'static str] = &["init_seed"];
+
+    fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Original => Self::original(),
+            Preset::Recbole => Self::recbole(),
+        }
     }
 
-    fn preset(name: &str) -> Option<Self> {
-        match name {
-            "original" => Some(Self::original()),
-            "recbole" => Some(Self::recbole()),
-            _ => None,
-        }
+    fn conditioning(&self) -> Option<(ConditioningKind, usize)> {
+        conditioning::reported(self.conditioning, self.cond_dim)
     }
 
     fn check(&self) -> Result<(), ModelError> {
@@ -175,13 +178,17 @@ impl ModelConfig for MultiVaeConfig {
         check_lr(self.lr)?;
         check_range("batch_size", self.batch_size, 1, 1 << 24)?;
         check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)?;
-        conditioning::check_config(&self.conditioning, self.cond_dim)
+        conditioning::check_config(self.cond_dim)
     }
 
     fn trainer_defaults(&self) -> TrainerConfig {
         TrainerConfig {
             // Liang et al.'s notebook trains 200 epochs; RecBole's default is 300.
-            epochs: if self.preset == "recbole" { 300 } else { 200 },
+            epochs: if self.preset == Preset::Recbole {
+                300
+            } else {
+                200
+            },
             ..TrainerConfig::default()
         }
     }
@@ -573,7 +580,7 @@ impl MultiVae {
     ) -> Result<Self, ModelError> {
         config.check()?;
         let cd = conditioning::prepare_model(
-            &config.conditioning,
+            config.conditioning,
             config.cond_dim,
             n_items,
             cond.as_ref(),
@@ -624,10 +631,10 @@ impl MultiVae {
     /// [`Trainable::load_state`] to resume training).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let (n_items, table) = read_meta(dir, MultiVaeConfig::MODEL)?;
-        let config = encore_models::config::resolve_table::<MultiVaeConfig>(table)
+        let config = encore_core::config::resolve_table::<MultiVaeConfig>(table)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?
             .model;
-        let cond = if config.conditioning == "none" {
+        let cond = if config.conditioning == ConditioningKind::None {
             None
         } else {
             Some(Conditioning::load(dir)?)
@@ -635,7 +642,7 @@ impl MultiVae {
         let mut model = MultiVae::with_conditioning(config, n_items, cond)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
-        let tensors = read_safetensors(&path)?;
+        let tensors = encore_io::read_f32_tensors(&path)?.map;
         model.params.fill_from(&tensors, "", &path)?;
         Ok(model)
     }
@@ -813,9 +820,10 @@ impl Recommender for MultiVae {
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         let cfg = model_config_toml(&self.config)?;
         write_meta(dir, self.name(), self.n_items, &cfg)?;
-        write_safetensors(
+        encore_io::write_f32_tensors(
             &dir.join("model.safetensors"),
             &self.params.to_safetensors(""),
+            None,
         )?;
         match &self.cond {
             Some(c) => c.save(dir),
@@ -867,6 +875,27 @@ impl Trainable for MultiVae {
         self.params = loaded.params;
         self.updates = common::load_training_extras(dir, &mut self.adam)?;
         Ok(())
+    }
+}
+
+/// MultiVae's registry entry.
+pub fn entry() -> ModelEntry {
+    ModelEntry::trained::<MultiVae>(
+        "MultiVAE (Liang et al. 2018), optionally conditioned on item features (MultiVAE-C)",
+    )
+}
+
+impl TrainedModel for MultiVae {
+    type Config = MultiVaeConfig;
+    fn init(c: &RunConfig<MultiVaeConfig>, input: &FitInput<'_>) -> Result<Self, ModelError> {
+        MultiVae::with_conditioning(
+            c.model.clone(),
+            input.train.n_items(),
+            input.conditioning.clone(),
+        )
+    }
+    fn load(dir: &Path) -> Result<Self, ModelError> {
+        MultiVae::load(dir)
     }
 }
 
@@ -1011,7 +1040,7 @@ mod tests {
 
     fn tiny_conditioned(cfg: MultiVaeConfig, dim: usize) -> MultiVae {
         let cfg = MultiVaeConfig {
-            conditioning: "concat".into(),
+            conditioning: ConditioningKind::Concat,
             cond_dim: dim,
             ..cfg
         };
@@ -1091,7 +1120,7 @@ mod tests {
         )
         .unwrap();
         let cfg = MultiVaeConfig {
-            conditioning: "tensor".into(),
+            conditioning: ConditioningKind::Tensor,
             ..MultiVaeConfig::recbole()
         };
         let run = |threads: usize| {
@@ -1190,7 +1219,7 @@ mod tests {
             ("init=\"he\"", "init"),
             ("latent=3", "latent"),
         ] {
-            let e = encore_models::config::resolve::<MultiVaeConfig>(None, &[set.to_string()])
+            let e = encore_core::config::resolve::<MultiVaeConfig>(None, &[set.to_string()])
                 .unwrap_err();
             match e {
                 ModelError::Config { key: k, .. } => assert_eq!(k, key, "{set}"),
@@ -1198,7 +1227,7 @@ mod tests {
             }
         }
         let c =
-            encore_models::config::resolve::<MultiVaeConfig>(None, &["preset=recbole".to_string()])
+            encore_core::config::resolve::<MultiVaeConfig>(None, &["preset=recbole".to_string()])
                 .unwrap();
         assert_eq!(c.model, MultiVaeConfig::recbole());
         assert_eq!(c.train.epochs, 300);

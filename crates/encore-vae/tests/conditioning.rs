@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use encore_core::config::TrainerConfig;
+use encore_core::trainer::{train, TrainData};
+use encore_core::{EpochContext, ModelError, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::config::TrainerConfig;
-use encore_models::trainer::{train, TrainData};
-use encore_models::{EpochContext, ModelError, Recommender, Trainable};
 use encore_vae::{Conditioning, MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -62,7 +62,7 @@ fn multivae() -> MultiVae {
         hidden_dims: vec![16],
         latent_dim: 4,
         batch_size: 16,
-        conditioning: "concat".into(),
+        conditioning: encore_vae::ConditioningKind::Concat,
         cond_dim: DIM,
         ..MultiVaeConfig::original()
     };
@@ -75,7 +75,7 @@ fn macridvae(preset: MacridVaeConfig) -> MacridVae {
         hidden_dims: vec![16],
         latent_dim: 4,
         batch_size: 16,
-        conditioning: "tensor".into(),
+        conditioning: encore_vae::ConditioningKind::Tensor,
         cond_dim: DIM,
         ..preset
     };
@@ -332,7 +332,7 @@ fn with_conditioning_checks_its_features() {
     };
     let plain = MultiVaeConfig::original();
     let cond = MultiVaeConfig {
-        conditioning: "audio".into(),
+        conditioning: encore_vae::ConditioningKind::Audio,
         cond_dim: DIM,
         ..plain.clone()
     };
@@ -354,7 +354,7 @@ fn with_conditioning_checks_its_features() {
     );
     assert!(MultiVae::with_conditioning(cond, N_ITEMS + 1, Some(features())).is_err());
     let mc = MacridVaeConfig {
-        conditioning: "lyrics".into(),
+        conditioning: encore_vae::ConditioningKind::Lyrics,
         cond_dim: DIM,
         ..MacridVaeConfig::original()
     };
@@ -364,8 +364,8 @@ fn with_conditioning_checks_its_features() {
     );
     assert!(MacridVae::with_conditioning(mc, N_ITEMS, Some(features())).is_ok());
     for set in ["conditioning=\"video\"", "cond_dim=0"] {
-        let e = encore_models::config::resolve::<MacridVaeConfig>(None, &[set.to_string()])
-            .unwrap_err();
+        let e =
+            encore_core::config::resolve::<MacridVaeConfig>(None, &[set.to_string()]).unwrap_err();
         assert_eq!(key(e), set.split('=').next().unwrap());
     }
 }
@@ -393,7 +393,10 @@ fn configs_without_conditioning_keys_still_load() {
         .collect();
     std::fs::write(&path, old).unwrap();
     let back = MultiVae::load(dir.path()).unwrap();
-    assert_eq!(back.config().conditioning, "none");
+    assert_eq!(
+        back.config().conditioning,
+        encore_vae::ConditioningKind::None
+    );
     let users: Vec<u32> = (0..5).collect();
     assert_eq!(scores(&m, &users, &tr), scores(&back, &users, &tr));
     // Serde's own defaults too (a config deserialised directly, without a preset merge).

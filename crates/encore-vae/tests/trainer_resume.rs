@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use encore_core::config::{resolve, TrainerConfig};
+use encore_core::trainer::{read_log, train, TrainData};
+use encore_core::{EpochContext, ModelError, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::config::{resolve, TrainerConfig};
-use encore_models::trainer::{read_log, train, TrainData};
-use encore_models::{EpochContext, ModelError, Recommender, Trainable};
 use encore_vae::{MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 
@@ -164,7 +164,7 @@ fn conditioned_killed_and_resumed_equals_straight() {
         hidden_dims: vec![16],
         latent_dim: 4,
         batch_size: 16,
-        conditioning: "audio".into(),
+        conditioning: encore_vae::ConditioningKind::Audio,
         cond_dim: 6,
         ..MultiVaeConfig::original()
     };
@@ -174,7 +174,7 @@ fn conditioned_killed_and_resumed_equals_straight() {
         hidden_dims: vec![16],
         latent_dim: 4,
         batch_size: 16,
-        conditioning: "concat".into(),
+        conditioning: encore_vae::ConditioningKind::Concat,
         cond_dim: 6,
         ..MacridVaeConfig::original()
     };

@@ -1,23 +1,35 @@
-//! Encore's models (SPEC §4, MODELS.md): one [`Recommender`] trait for every model, the
-//! [`Trainable`] trait for models trained epoch by epoch, and one module per model.
+//! Encore's model framework (SPEC §4, ARCHITECTURE.md): what every model implements and what
+//! runs every model.
+//!
+//! - [`Recommender`]: a fitted model scores users from their input rows, scores a history it
+//!   never saw (fold-in), and saves itself; [`Trainable`]: a model trained epoch by epoch.
+//! - [`config`]: one TOML document per run, presets, `--set` overrides, checked values.
+//! - [`trainer`]: epochs, validation, the best model, early stopping, atomic checkpoints,
+//!   resume, the per-epoch log and its plots.
+//! - [`optim`]: Adam exactly as PyTorch computes it.
+//! - [`registry`]: the table of models (name, config, construct, train, load) the command
+//!   line, the experiment runner and the service look models up in.
+//! - [`alloc`]: the allocator policy for training processes.
+//!
+//! Durable file output (atomic writes, safetensors) lives one level lower, in `encore-io`,
+//! so that the data crates use the same policy.
 
 pub mod alloc;
-pub mod bpr;
+pub mod conditioning;
 pub mod config;
-pub mod ease;
 pub mod error;
-pub mod lightgcn;
-pub mod pop;
+pub mod optim;
+pub mod registry;
 pub mod trainer;
+
+pub use error::ModelError;
+pub use optim::Adam;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use encore_data::InteractionMatrix;
 use rand_chacha::ChaCha8Rng;
-
-pub use error::ModelError;
-pub use pop::Pop;
 
 /// What every model can do once fitted: score users from their input rows, score a history it
 /// never saw (fold-in), and save itself.

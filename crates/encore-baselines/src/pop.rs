@@ -5,7 +5,62 @@ use std::path::Path;
 
 use encore_data::InteractionMatrix;
 
-use crate::{ModelError, Recommender};
+use encore_core::registry::{self, FitInput, Fitted, ModelEntry, ResolvedModel};
+use encore_core::{ModelError, Recommender};
+
+/// Pop's registry entry. Pop has no configuration: `--set` is refused, and a config file may
+/// only name the model (`model = "pop"`, what a Pop run records in `config.toml`).
+pub fn entry() -> ModelEntry {
+    ModelEntry {
+        name: "pop",
+        summary: "item popularity: the floor every model must beat",
+        resolve: |file, sets, _seed| {
+            if !sets.is_empty() {
+                return Err(ModelError::config(
+                    sets[0].split('=').next().unwrap_or("").trim(),
+                    "pop has no configuration: drop --set",
+                ));
+            }
+            if let Some(file) = file {
+                let text = std::fs::read_to_string(file).map_err(|e| ModelError::io(file, e))?;
+                let table: toml::Table = text.parse().map_err(|e| {
+                    ModelError::format(file, format!("not a valid TOML document: {e}"))
+                })?;
+                if let Some(key) = table.keys().find(|k| *k != "model") {
+                    return Err(ModelError::config(
+                        key.as_str(),
+                        "pop has no configuration: only `model = \"pop\"` may be given",
+                    ));
+                }
+                if table
+                    .get("model")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|m| m != "pop")
+                {
+                    return Err(ModelError::config(
+                        "model",
+                        "this configuration is not for `pop`",
+                    ));
+                }
+            }
+            Ok(Box::new(PopConfig))
+        },
+        load: |dir| Ok(Box::new(Pop::load(dir)?)),
+    }
+}
+
+/// Pop's (empty) resolved configuration.
+struct PopConfig;
+
+impl ResolvedModel for PopConfig {
+    fn to_toml(&self) -> Result<String, ModelError> {
+        Ok("model = \"pop\"\n".to_string())
+    }
+
+    fn fit(&self, input: FitInput<'_>) -> Result<Fitted, ModelError> {
+        registry::saved(Pop::fit(input.train), input.run_dir)
+    }
+}
 
 /// Item popularity (number of training users per item) as the score for everyone.
 #[derive(Debug, Clone, PartialEq)]

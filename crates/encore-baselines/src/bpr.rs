@@ -54,48 +54,30 @@
 //! are accumulated sequentially in triple order, and Adam is element-wise: results do not
 //! depend on the number of threads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use encore_data::InteractionMatrix;
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal, Uniform};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
-use crate::{EpochContext, ModelError, Recommender, Trainable};
+use encore_core::config::RunConfig;
+use encore_core::config::{
+    check_nonnegative_finite, check_positive_finite, check_range, ModelConfig, Preset,
+};
+use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
+use encore_core::{Adam, EpochContext, ModelError, Recommender, Trainable};
+
+use crate::embedding::{
+    axpy, check_history, dot, fold_in_vector, init_table, score_factorised, EmbeddingInit,
+};
+use crate::triples::{batch_rows, for_each_triple_batch, sigmoid, softplus};
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
-
-/// Which reference implementation's defaults to start from (MODELS.md: the original is the
-/// default, RecBole's settings must be reachable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preset {
-    /// The paper's own code / the original authors' settings.
-    #[default]
-    Original,
-    /// RecBole 1.2.1's defaults (the tool the paper's numbers came from).
-    Recbole,
-}
-
-/// How the embedding tables are initialised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmbeddingInit {
-    /// `N(0, init_std²)`.
-    Normal,
-    /// Glorot normal, `std = sqrt(2 / (fan_in + fan_out))` with torch's fans for an embedding
-    /// table of shape `(rows, d)`: fan_in = d, fan_out = rows (RecBole's BPR).
-    XavierNormal,
-    /// Glorot uniform, `U(±sqrt(6 / (fan_in + fan_out)))` (RecBole's LightGCN).
-    XavierUniform,
-}
 
 /// BPR-MF hyperparameters. Construct with [`BprConfig::preset`] or parse a TOML file with
 /// [`BprConfig::from_toml_str`]; [`BprConfig::check`] validates every value.
@@ -153,7 +135,7 @@ impl BprConfig {
         }
     }
 
-    /// Parse a TOML config (`configs/bpr.toml`) through [`crate::config::resolve_table`]:
+    /// Parse a TOML config (`configs/bpr.toml`) through [`encore_core::config::resolve_table`]:
     /// keys not given take the preset's value, unknown keys are an error naming the key, the
     /// result is checked. A `[train]` table is validated too but not returned.
     pub fn from_toml_str(text: &str) -> Result<Self, ModelError> {
@@ -176,552 +158,19 @@ impl BprConfig {
 pub(crate) fn parse_model_config<T: ModelConfig>(text: &str) -> Result<T, ModelError> {
     let table: toml::Table = toml::from_str(text)
         .map_err(|e| ModelError::config("<config>", format!("not a TOML document: {e}")))?;
-    Ok(crate::config::resolve_table::<T>(table)?.model)
+    Ok(encore_core::config::resolve_table::<T>(table)?.model)
 }
-
-impl Preset {
-    /// The preset's name in config files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Preset::Original => "original",
-            Preset::Recbole => "recbole",
-        }
-    }
-
-    /// The preset of a name (`None` for an unknown one).
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "original" => Some(Preset::Original),
-            "recbole" => Some(Preset::Recbole),
-            _ => None,
-        }
-    }
-}
-
-/// The preset names every baseline knows, the default first.
-pub(crate) const PRESETS: &[&str] = &["original", "recbole"];
 
 impl ModelConfig for BprConfig {
     const MODEL: &'static str = "bpr";
 
-    fn presets() -> &'static [&'static str] {
-        PRESETS
-    }
-
-    fn preset(name: &str) -> Option<Self> {
-        Preset::from_name(name).map(BprConfig::preset)
+    fn preset(preset: Preset) -> Self {
+        BprConfig::preset(preset)
     }
 
     fn check(&self) -> Result<(), ModelError> {
         BprConfig::check(self)
     }
-}
-
-pub(crate) fn check_range(key: &str, v: f64, lo: f64, hi: f64) -> Result<(), ModelError> {
-    if !(v >= lo && v <= hi) {
-        return Err(ModelError::config(
-            key,
-            format!("{v} is outside the allowed range [{lo}, {hi}]"),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_positive_finite(key: &str, v: f64) -> Result<(), ModelError> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(ModelError::config(
-            key,
-            format!("{v} must be a finite number > 0"),
-        ));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_nonnegative_finite(key: &str, v: f64) -> Result<(), ModelError> {
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(ModelError::config(
-            key,
-            format!("{v} must be a finite number >= 0"),
-        ));
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared pieces (also used by LightGCN)
-// ---------------------------------------------------------------------------------------------
-
-/// `torch.optim.Adam` with its defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay), over
-/// one flat parameter buffer, dense: every parameter is updated at every step, as torch does
-/// for the dense gradients of `nn.Embedding`. The arithmetic follows torch's single-tensor
-/// implementation step for step (`lerp` for the first moment, `addcmul` for the second,
-/// `denom = sqrt(v) / sqrt(1 − β₂ᵗ) + ε`, `p −= lr / (1 − β₁ᵗ) · m / denom`), with the bias
-/// corrections computed in f64 as Python does and applied as f32 scalars.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Adam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Number of steps taken (torch's `state["step"]`).
-    pub step: u64,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
-}
-
-impl Adam {
-    pub fn new(n_params: usize, lr: f64) -> Self {
-        Self {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            step: 0,
-            m: vec![0.0; n_params],
-            v: vec![0.0; n_params],
-        }
-    }
-
-    /// Advance the step counter and return the step's scalars.
-    fn next_step(&mut self) -> AdamScalars {
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
-        AdamScalars {
-            neg_step_size: (-(self.lr / bc1)) as f32,
-            bc2_sqrt: bc2.sqrt() as f32,
-            w1: (1.0 - self.beta1) as f32,
-            b2: self.beta2 as f32,
-            w2: (1.0 - self.beta2) as f32,
-            eps: self.eps as f32,
-        }
-    }
-
-    /// One step on `params` with gradient `grad`; `grad` is zeroed on the way (ready for the
-    /// next batch). Element-wise, so parallel and still thread-count independent.
-    pub fn step(&mut self, params: &mut [f32], grad: &mut [f32]) {
-        assert_eq!(params.len(), self.m.len());
-        assert_eq!(grad.len(), self.m.len());
-        let s = self.next_step();
-        const CHUNK: usize = 1 << 14;
-        params
-            .par_chunks_mut(CHUNK)
-            .zip(grad.par_chunks_mut(CHUNK))
-            .zip(self.m.par_chunks_mut(CHUNK))
-            .zip(self.v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| s.apply(p, g, m, v));
-    }
-
-    /// Lazy ("sparse") step: only the `d`-wide rows listed in `rows` (sorted, unique) are
-    /// updated, with the same arithmetic and the global step's bias correction; their
-    /// gradient is zeroed. This is `torch.optim.SparseAdam` / TensorFlow's `LazyAdam`.
-    ///
-    /// How it differs from the dense [`Adam::step`] torch applies to `nn.Embedding`'s dense
-    /// gradients: a row without gradient in a step is left alone — its moments do not decay
-    /// (`m ← β₁m`, `v ← β₂v` is skipped) and it does not keep moving by its momentum. When
-    /// such a row is next touched, its stale moments enter the update as if no time had
-    /// passed, so rarely sampled rows take larger, momentum-carried steps than under dense
-    /// Adam, while the bias correction (global step) assumes a full history of decays. When
-    /// every row is touched in every step the two are identical, bit for bit.
-    ///
-    /// Cost is O(|rows| · d) instead of O(parameters): at Music4All-Onion scale with batch
-    /// 2048, about 6k rows x 64 instead of 11M parameters. Rows are updated sequentially in
-    /// the given order (each row independently), so results do not depend on threads.
-    pub fn step_rows(&mut self, params: &mut [f32], grad: &mut [f32], d: usize, rows: &[u32]) {
-        assert_eq!(params.len(), self.m.len());
-        assert_eq!(grad.len(), self.m.len());
-        debug_assert!(
-            rows.windows(2).all(|w| w[0] < w[1]),
-            "rows sorted and unique"
-        );
-        let s = self.next_step();
-        for &r in rows {
-            let range = r as usize * d..(r as usize + 1) * d;
-            s.apply(
-                &mut params[range.clone()],
-                &mut grad[range.clone()],
-                &mut self.m[range.clone()],
-                &mut self.v[range],
-            );
-        }
-    }
-}
-
-/// The per-step scalars of [`Adam`] (f32, as torch applies them).
-#[derive(Debug, Clone, Copy)]
-struct AdamScalars {
-    neg_step_size: f32,
-    bc2_sqrt: f32,
-    w1: f32,
-    b2: f32,
-    w2: f32,
-    eps: f32,
-}
-
-impl AdamScalars {
-    /// The element-wise update of one slice (`g` zeroed on the way).
-    #[inline]
-    fn apply(&self, p: &mut [f32], g: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-        let s = *self;
-        for k in 0..p.len() {
-            let gk = g[k];
-            g[k] = 0.0;
-            let mk = m[k] + s.w1 * (gk - m[k]);
-            let vk = v[k] * s.b2 + s.w2 * (gk * gk);
-            m[k] = mk;
-            v[k] = vk;
-            let denom = vk.sqrt() / s.bc2_sqrt + s.eps;
-            p[k] += s.neg_step_size * (mk / denom);
-        }
-    }
-}
-
-/// The sorted, unique node rows (`users`, then items at `n_users + i`) a batch of triples
-/// gathers: what a lazy Adam step updates.
-pub(crate) fn batch_rows(batch: &[(u32, u32, u32)], n_users: usize) -> Vec<u32> {
-    let nu = n_users as u32;
-    let mut rows: Vec<u32> = batch
-        .iter()
-        .flat_map(|&(u, i, j)| [u, nu + i, nu + j])
-        .collect();
-    rows.sort_unstable();
-    rows.dedup();
-    rows
-}
-
-/// A `rows x d` table initialised as configured, drawn row-major from `rng`.
-pub(crate) fn init_table(
-    rng: &mut ChaCha8Rng,
-    rows: usize,
-    d: usize,
-    init: EmbeddingInit,
-    std: f64,
-) -> Vec<f32> {
-    let fans = (d + rows) as f64;
-    match init {
-        EmbeddingInit::Normal => {
-            let dist = Normal::new(0.0f32, std as f32).expect("std was checked > 0");
-            (0..rows * d).map(|_| dist.sample(rng)).collect()
-        }
-        EmbeddingInit::XavierNormal => {
-            let dist = Normal::new(0.0f32, (2.0 / fans).sqrt() as f32).expect("positive std");
-            (0..rows * d).map(|_| dist.sample(rng)).collect()
-        }
-        EmbeddingInit::XavierUniform => {
-            let a = (6.0 / fans).sqrt() as f32;
-            let dist = Uniform::new_inclusive(-a, a).expect("a > 0");
-            (0..rows * d).map(|_| dist.sample(rng)).collect()
-        }
-    }
-}
-
-/// The user owning each stored interaction of `train` (index into `indices()`).
-pub(crate) fn interaction_owners(train: &InteractionMatrix) -> Vec<u32> {
-    let mut owners = Vec::with_capacity(train.nnz());
-    for u in 0..train.n_users() {
-        owners.extend(std::iter::repeat_n(u as u32, train.row_len(u)));
-    }
-    owners
-}
-
-/// A uniform negative item for user `u`: resampled while the user has it when `check` is
-/// set (binary search in the sorted CSR row). `None` when the user has every item (no
-/// negative exists); such triples are skipped.
-pub(crate) fn sample_negative(
-    train: &InteractionMatrix,
-    u: usize,
-    rng: &mut ChaCha8Rng,
-    check: bool,
-) -> Option<u32> {
-    let n_items = train.n_items() as u32;
-    if check && train.row_len(u) >= n_items as usize {
-        return None;
-    }
-    loop {
-        let j = rng.random_range(0..n_items);
-        if !check || !train.contains(u, j) {
-            return Some(j);
-        }
-    }
-}
-
-/// One epoch of (user, positive, negative) triples: every training interaction once, in an
-/// order shuffled by `rng`, cut into batches of `batch_size`; `step` is called on each batch,
-/// at most `max_batches` times (`usize::MAX` for the epoch; fewer for timing a few steps at
-/// scale). Negatives are drawn batch by batch from the same stream (so memory stays O(batch)).
-pub(crate) fn for_each_triple_batch(
-    train: &InteractionMatrix,
-    rng: &mut ChaCha8Rng,
-    batch_size: usize,
-    check_negatives: bool,
-    max_batches: usize,
-    mut step: impl FnMut(&[(u32, u32, u32)]) -> Result<(), ModelError>,
-) -> Result<(), ModelError> {
-    let owners = interaction_owners(train);
-    let mut order: Vec<u32> = (0..train.nnz() as u32).collect();
-    order.shuffle(rng);
-    let indices = train.indices();
-    let mut batch = Vec::with_capacity(batch_size);
-    for chunk in order.chunks(batch_size).take(max_batches) {
-        batch.clear();
-        for &k in chunk {
-            let u = owners[k as usize];
-            if let Some(j) = sample_negative(train, u as usize, rng, check_negatives) {
-                batch.push((u, indices[k as usize], j));
-            }
-        }
-        if !batch.is_empty() {
-            step(&batch)?;
-        }
-    }
-    Ok(())
-}
-
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
-    }
-    s
-}
-
-/// `a += w * b`.
-#[inline]
-pub(crate) fn axpy(w: f32, b: &[f32], a: &mut [f32]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += w * y;
-    }
-}
-
-/// `ln(1 + e^x)` without overflow.
-#[inline]
-pub(crate) fn softplus(x: f32) -> f32 {
-    if x > 0.0 {
-        x + (-x).exp().ln_1p()
-    } else {
-        x.exp().ln_1p()
-    }
-}
-
-/// `σ(x)`.
-#[inline]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// Check a history's item indices against the catalogue.
-pub(crate) fn check_history(history: &[u32], n_items: usize) -> Result<(), ModelError> {
-    if let Some(&bad) = history.iter().find(|&&i| i as usize >= n_items) {
-        return Err(ModelError::Input(format!(
-            "item index {bad} is outside the catalogue of {n_items} items"
-        )));
-    }
-    if history.is_empty() {
-        return Err(ModelError::Input(
-            "the history is empty: a factorisation model folds a listener in from the mean of \
-             their items' vectors, so at least one item is needed"
-                .into(),
-        ));
-    }
-    Ok(())
-}
-
-/// Mean of the history's item vectors (`d` entries); zeros for an empty history.
-pub(crate) fn fold_in_vector(items: &[f32], d: usize, history: &[u32], out: &mut [f32]) {
-    out.fill(0.0);
-    if history.is_empty() {
-        return;
-    }
-    for &i in history {
-        axpy(1.0, &items[i as usize * d..(i as usize + 1) * d], out);
-    }
-    let w = 1.0 / history.len() as f32;
-    out.iter_mut().for_each(|x| *x *= w);
-}
-
-/// Score every item for each user: `out[u, j] = user_vec(u) · q_j`, where the user vector is
-/// the trained row for trained users and the fold-in mean of the `input` row otherwise.
-/// Parallel over users; each row computed independently.
-pub(crate) fn score_factorised(
-    users: &[u32],
-    input: &InteractionMatrix,
-    user_table: &[f32],
-    trained: &[bool],
-    item_table: &[f32],
-    d: usize,
-    out: &mut [f32],
-) {
-    let n_items = item_table.len() / d;
-    out.par_chunks_mut(n_items)
-        .zip(users.par_iter())
-        .for_each_init(
-            || vec![0.0f32; d],
-            |buf, (row, &u)| {
-                let u = u as usize;
-                let p: &[f32] = if trained.get(u).copied().unwrap_or(false) {
-                    &user_table[u * d..(u + 1) * d]
-                } else {
-                    let history: &[u32] = if u < input.n_users() {
-                        input.row(u)
-                    } else {
-                        &[]
-                    };
-                    let history: Vec<u32> = history
-                        .iter()
-                        .copied()
-                        .filter(|&i| (i as usize) < n_items)
-                        .collect();
-                    fold_in_vector(item_table, d, &history, buf);
-                    buf
-                };
-                for (j, s) in row.iter_mut().enumerate() {
-                    *s = dot(p, &item_table[j * d..(j + 1) * d]);
-                }
-            },
-        );
-}
-
-/// Write named f32 tensors as one safetensors file, atomically (temporary file + rename).
-pub(crate) fn write_tensors(
-    path: &Path,
-    tensors: &[(&str, Vec<usize>, &[f32])],
-) -> Result<(), ModelError> {
-    let bytes: Vec<_> = tensors
-        .iter()
-        .map(|(_, _, data)| crate::config::f32_le_bytes(data))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .expect("shape matches the data length");
-            (name.to_string(), view)
-        })
-        .collect();
-    let data = safetensors::serialize(views, &None)
-        .map_err(|e| ModelError::format(path, format!("cannot serialise tensors: {e}")))?;
-    write_atomic(path, &data)
-}
-
-/// Write a file atomically: a temporary file in the same folder, then a rename.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ModelError> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| ModelError::io(dir, e))?;
-    tmp.write_all(data).map_err(|e| ModelError::io(path, e))?;
-    tmp.persist(path)
-        .map_err(|e| ModelError::io(path, e.error))?;
-    Ok(())
-}
-
-/// Named f32 tensors with their shapes.
-pub(crate) type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
-
-/// Read every tensor of a safetensors file as f32 with its shape.
-pub(crate) fn read_tensors(path: &Path) -> Result<TensorMap, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| ModelError::format(path, format!("not a safetensors file: {e}")))?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(ModelError::format(
-                path,
-                format!("tensor `{name}` has dtype {:?}, expected F32", view.dtype()),
-            ));
-        }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.insert(name, (view.shape().to_vec(), data));
-    }
-    Ok(out)
-}
-
-/// Take a tensor of an expected shape out of what [`read_tensors`] returned.
-pub(crate) fn take_tensor(
-    tensors: &mut TensorMap,
-    path: &Path,
-    name: &str,
-    shape: &[usize],
-) -> Result<Vec<f32>, ModelError> {
-    let (got, data) = tensors
-        .remove(name)
-        .ok_or_else(|| ModelError::format(path, format!("missing tensor `{name}`")))?;
-    if got != shape {
-        return Err(ModelError::format(
-            path,
-            format!("tensor `{name}` has shape {got:?}, expected {shape:?}"),
-        ));
-    }
-    Ok(data)
-}
-
-/// Read and parse a JSON file.
-pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        ModelError::format(
-            path,
-            format!("line {}, column {}: {e}", e.line(), e.column()),
-        )
-    })
-}
-
-/// Write a value as pretty JSON, atomically.
-pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ModelError> {
-    let text = serde_json::to_string_pretty(value).expect("plain data serialises");
-    write_atomic(path, text.as_bytes())
-}
-
-/// Write the optimiser state (moments as tensors, the step counter as JSON).
-pub(crate) fn save_adam(dir: &Path, adam: &Adam) -> Result<(), ModelError> {
-    let n = adam.m.len();
-    write_tensors(
-        &dir.join("optimizer.safetensors"),
-        &[("adam_m", vec![n], &adam.m), ("adam_v", vec![n], &adam.v)],
-    )?;
-    write_json(
-        &dir.join("optimizer.json"),
-        &AdamMeta {
-            step: adam.step,
-            lr: adam.lr,
-        },
-    )
-}
-
-/// Restore what [`save_adam`] wrote into `adam` (whose size is the model's).
-pub(crate) fn load_adam(dir: &Path, adam: &mut Adam) -> Result<(), ModelError> {
-    let path = dir.join("optimizer.safetensors");
-    let n = adam.m.len();
-    let mut t = read_tensors(&path)?;
-    adam.m = take_tensor(&mut t, &path, "adam_m", &[n])?;
-    adam.v = take_tensor(&mut t, &path, "adam_v", &[n])?;
-    let meta: AdamMeta = read_json(&dir.join("optimizer.json"))?;
-    adam.step = meta.step;
-    adam.lr = meta.lr;
-    Ok(())
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AdamMeta {
-    step: u64,
-    lr: f64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,18 +240,13 @@ impl Bpr {
 
     /// Load a model written by [`Recommender::save`] (or [`Trainable::save_state`]).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
-        let meta: BprMeta = read_json(&dir.join("bpr.json"))?;
+        let meta: BprMeta = encore_io::read_json(&dir.join("bpr.json"))?;
         meta.config.check()?;
         let d = meta.config.embedding_size;
         let path = dir.join("bpr.safetensors");
-        let mut t = read_tensors(&path)?;
-        let mut params = take_tensor(&mut t, &path, "user_embedding", &[meta.n_users, d])?;
-        params.extend(take_tensor(
-            &mut t,
-            &path,
-            "item_embedding",
-            &[meta.n_items, d],
-        )?);
+        let mut t = encore_io::read_f32_tensors(&path)?;
+        let mut params = t.take("user_embedding", &[meta.n_users, d])?;
+        params.extend(t.take("item_embedding", &[meta.n_items, d])?);
         let mut trained = vec![true; meta.n_users];
         for &u in &meta.untrained_users {
             let slot = trained.get_mut(u as usize).ok_or_else(|| {
@@ -893,7 +337,7 @@ impl Bpr {
     fn write_weights(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let d = self.config.embedding_size;
-        write_tensors(
+        encore_io::write_f32_tensors(
             &dir.join("bpr.safetensors"),
             &[
                 (
@@ -907,6 +351,7 @@ impl Bpr {
                     self.item_embedding(),
                 ),
             ],
+            None,
         )?;
         let meta = BprMeta {
             config: self.config.clone(),
@@ -916,7 +361,7 @@ impl Bpr {
                 .filter(|&u| !self.trained[u as usize])
                 .collect(),
         };
-        write_json(&dir.join("bpr.json"), &meta)
+        Ok(encore_io::write_json(&dir.join("bpr.json"), &meta)?)
     }
 }
 
@@ -1026,7 +471,7 @@ impl Trainable for Bpr {
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         self.write_weights(dir)?;
-        save_adam(dir, &self.adam)
+        self.adam.save(dir)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
@@ -1049,9 +494,26 @@ impl Trainable for Bpr {
             ));
         }
         let mut adam = Adam::new(loaded.params.len(), loaded.config.lr);
-        load_adam(dir, &mut adam)?;
+        adam.load(dir)?;
         *self = Self { adam, ..loaded };
         Ok(())
+    }
+}
+
+/// Bpr's registry entry.
+pub fn entry() -> ModelEntry {
+    ModelEntry::trained::<Bpr>(
+        "BPR-MF (Rendle et al. 2009): matrix factorisation, pairwise ranking loss",
+    )
+}
+
+impl TrainedModel for Bpr {
+    type Config = BprConfig;
+    fn init(c: &RunConfig<BprConfig>, input: &FitInput<'_>) -> Result<Self, ModelError> {
+        Bpr::new(&c.model, input.train, c.train.seed)
+    }
+    fn load(dir: &Path) -> Result<Self, ModelError> {
+        Bpr::load(dir)
     }
 }
 
@@ -1059,6 +521,8 @@ impl Trainable for Bpr {
 #[allow(clippy::needless_range_loop)] // index-heavy reference code reads clearer
 pub(crate) mod tests {
     use super::*;
+    use crate::triples::sample_negative;
+    use rand::Rng;
 
     /// A small random training matrix.
     pub(crate) fn random_matrix(
@@ -1098,74 +562,6 @@ pub(crate) mod tests {
                 model.train_epoch(ctx).unwrap()["loss"]
             })
             .collect()
-    }
-
-    #[test]
-    fn adam_matches_a_hand_computed_torch_step() {
-        // Two steps of torch.optim.Adam(lr=0.1) on p = 1 with gradients 0.5 then -1.
-        // step 1: m = 0.05, v = 0.00025, m̂ = 0.5, v̂ = 0.25 -> p = 1 - 0.1 * 0.5 / (0.5 + 1e-8)
-        // step 2: m = 0.045 - 0.1 = -0.055, v = 0.00024975 + 0.001 = 0.00124975,
-        //         m̂ = -0.055 / 0.19 = -0.289473..., v̂ = 0.00124975 / 0.001999 = 0.625187...
-        //         p -= 0.1 * m̂ / (sqrt(v̂) + 1e-8) = 0.1 * -0.289473 / 0.790688
-        let mut adam = Adam::new(1, 0.1);
-        let mut p = [1.0f32];
-        let mut g = [0.5f32];
-        adam.step(&mut p, &mut g);
-        assert_eq!(g, [0.0], "the gradient is zeroed");
-        assert!((p[0] - 0.9).abs() < 1e-6, "{}", p[0]);
-        g[0] = -1.0;
-        adam.step(&mut p, &mut g);
-        let expected = 0.9 + 0.1 * (0.055 / 0.19) / (0.00124975f64 / 0.001999).sqrt();
-        assert!(
-            (p[0] as f64 - expected).abs() < 1e-6,
-            "{} vs {expected}",
-            p[0]
-        );
-        assert_eq!(adam.step, 2);
-        // A parameter with zero gradient still moves by its momentum (dense, like torch).
-        let mut adam = Adam::new(1, 0.1);
-        let mut p = [0.0f32];
-        adam.step(&mut p, &mut [1.0]);
-        let after_one = p[0];
-        adam.step(&mut p, &mut [0.0]);
-        assert!(p[0] < after_one);
-    }
-
-    #[test]
-    fn lazy_adam_updates_only_the_listed_rows() {
-        // Three rows of d = 2; all gradients 1 in step 1, only row 1 has gradient in step 2.
-        let (d, lr) = (2, 0.1);
-        let mut dense = Adam::new(6, lr);
-        let mut lazy = Adam::new(6, lr);
-        let mut pd = vec![1.0f32; 6];
-        let mut pl = pd.clone();
-        // Step 1 touching every row: identical to the dense step, bit for bit.
-        dense.step(&mut pd, &mut [1.0; 6]);
-        let mut g = vec![1.0; 6];
-        lazy.step_rows(&mut pl, &mut g, d, &[0, 1, 2]);
-        assert_eq!(g, vec![0.0; 6], "the gradient is zeroed");
-        assert_eq!((&pd, &dense), (&pl, &lazy));
-        // Step 2: gradient -1 on row 1 only, listed alone.
-        let mut g = vec![0.0, 0.0, -1.0, -1.0, 0.0, 0.0];
-        lazy.step_rows(&mut pl, &mut g, d, &[1]);
-        assert_eq!(lazy.step, 2);
-        // Rows 0 and 2 did not move and kept their moments (m = 0.1, v = 0.001 after step 1).
-        assert_eq!(&pl[..2], &pd[..2]);
-        assert_eq!(&pl[4..], &pd[4..]);
-        assert_eq!((lazy.m[0], lazy.v[5]), (dense.m[0], dense.v[5]));
-        // Row 1 took the same step as the hand-computed torch step 2 above:
-        // m = 0.09 - 0.1 = -0.01, v = 0.000999 + 0.001 = 0.001999, m̂ = -0.01 / 0.19,
-        // v̂ = 1 -> p = 0.9 + 0.1 * (0.01 / 0.19).
-        let expected = 0.9 + 0.1 * (0.01 / 0.19);
-        assert!((pl[2] as f64 - expected).abs() < 1e-6, "{}", pl[2]);
-        // Dense Adam moves the untouched rows by their momentum instead.
-        dense.step(&mut pd, &mut [0.0, 0.0, -1.0, -1.0, 0.0, 0.0]);
-        assert!(pd[0] < pl[0]);
-        assert_eq!(pd[2], pl[2]);
-        assert_eq!(
-            batch_rows(&[(2, 0, 1), (0, 1, 0), (2, 3, 0)], 3),
-            vec![0, 2, 3, 4, 6]
-        );
     }
 
     #[test]
@@ -1453,7 +849,7 @@ mod ml100k {
     }
 
     fn ndcg(model: &dyn Recommender, split: &Split, test: bool) -> BTreeMap<String, f64> {
-        let scorer = crate::ModelScorer {
+        let scorer = encore_core::ModelScorer {
             model,
             input: &split.input,
         };

@@ -62,14 +62,17 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bpr::{
-    axpy, batch_rows, check_history, check_nonnegative_finite, check_positive_finite, check_range,
-    check_shape, dot, fold_in_vector, for_each_triple_batch, init_table, load_adam, read_json,
-    read_tensors, save_adam, score_factorised, sigmoid, softplus, take_tensor, write_json,
-    write_tensors, Adam, EmbeddingInit, Preset, PRESETS,
+use crate::bpr::check_shape;
+use crate::embedding::{
+    axpy, check_history, dot, fold_in_vector, init_table, score_factorised, EmbeddingInit,
 };
-use crate::config::ModelConfig;
-use crate::{EpochContext, ModelError, Recommender, Trainable};
+use crate::triples::{batch_rows, for_each_triple_batch, sigmoid, softplus};
+use encore_core::config::RunConfig;
+use encore_core::config::{
+    check_nonnegative_finite, check_positive_finite, check_range, ModelConfig, Preset,
+};
+use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
+use encore_core::{Adam, EpochContext, ModelError, Recommender, Trainable};
 
 // ---------------------------------------------------------------------------------------------
 // The normalised adjacency and its product
@@ -499,12 +502,8 @@ impl LightGcnConfig {
 impl ModelConfig for LightGcnConfig {
     const MODEL: &'static str = "lightgcn";
 
-    fn presets() -> &'static [&'static str] {
-        PRESETS
-    }
-
-    fn preset(name: &str) -> Option<Self> {
-        Preset::from_name(name).map(LightGcnConfig::preset)
+    fn preset(preset: Preset) -> Self {
+        LightGcnConfig::preset(preset)
     }
 
     fn check(&self) -> Result<(), ModelError> {
@@ -601,16 +600,16 @@ impl LightGcn {
     /// embeddings are read from the file, so scoring needs no graph.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let meta_path = dir.join("lightgcn.json");
-        let meta: LightGcnMeta = read_json(&meta_path)?;
+        let meta: LightGcnMeta = encore_io::read_json(&meta_path)?;
         meta.config.check()?;
         let d = meta.config.embedding_size;
         let path = dir.join("lightgcn.safetensors");
-        let mut t = read_tensors(&path)?;
+        let mut t = encore_io::read_f32_tensors(&path)?;
         let (nu, ni) = (meta.n_users, meta.n_items);
-        let mut params = take_tensor(&mut t, &path, "user_embedding", &[nu, d])?;
-        params.extend(take_tensor(&mut t, &path, "item_embedding", &[ni, d])?);
-        let mut final_emb = take_tensor(&mut t, &path, "user_final", &[nu, d])?;
-        final_emb.extend(take_tensor(&mut t, &path, "item_final", &[ni, d])?);
+        let mut params = t.take("user_embedding", &[nu, d])?;
+        params.extend(t.take("item_embedding", &[ni, d])?);
+        let mut final_emb = t.take("user_final", &[nu, d])?;
+        final_emb.extend(t.take("item_final", &[ni, d])?);
         let mut trained = vec![true; nu];
         for &u in &meta.untrained_users {
             let slot = trained.get_mut(u as usize).ok_or_else(|| {
@@ -779,7 +778,7 @@ impl LightGcn {
         let d = self.config.embedding_size;
         let split = self.n_users * d;
         let (nu, ni) = (self.n_users, self.n_items);
-        write_tensors(
+        encore_io::write_f32_tensors(
             &dir.join("lightgcn.safetensors"),
             &[
                 ("user_embedding", vec![nu, d], &self.params[..split]),
@@ -787,8 +786,9 @@ impl LightGcn {
                 ("user_final", vec![nu, d], &self.final_emb[..split]),
                 ("item_final", vec![ni, d], &self.final_emb[split..]),
             ],
+            None,
         )?;
-        write_json(
+        Ok(encore_io::write_json(
             &dir.join("lightgcn.json"),
             &LightGcnMeta {
                 config: self.config.clone(),
@@ -798,7 +798,7 @@ impl LightGcn {
                     .filter(|&u| !self.trained[u as usize])
                     .collect(),
             },
-        )
+        )?)
     }
 }
 
@@ -908,7 +908,7 @@ impl Trainable for LightGcn {
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         self.write_weights(dir)?;
-        save_adam(dir, &self.adam)
+        self.adam.save(dir)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
@@ -931,7 +931,7 @@ impl Trainable for LightGcn {
             ));
         }
         let mut adam = Adam::new(loaded.params.len(), loaded.config.lr);
-        load_adam(dir, &mut adam)?;
+        adam.load(dir)?;
         let adj = self.adj.take();
         *self = Self {
             adam,
@@ -940,6 +940,23 @@ impl Trainable for LightGcn {
         };
         self.refresh_final();
         Ok(())
+    }
+}
+
+/// LightGcn's registry entry.
+pub fn entry() -> ModelEntry {
+    ModelEntry::trained::<LightGcn>(
+        "LightGCN (He et al. 2020): graph propagation of embeddings, BPR loss",
+    )
+}
+
+impl TrainedModel for LightGcn {
+    type Config = LightGcnConfig;
+    fn init(c: &RunConfig<LightGcnConfig>, input: &FitInput<'_>) -> Result<Self, ModelError> {
+        LightGcn::new(&c.model, input.train, c.train.seed)
+    }
+    fn load(dir: &Path) -> Result<Self, ModelError> {
+        LightGcn::load(dir)
     }
 }
 

@@ -19,10 +19,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use encore_baselines::bpr::{Bpr, BprConfig};
+use encore_baselines::lightgcn::{LightGcn, LightGcnConfig, NormAdj};
+use encore_core::{EpochContext, Trainable};
 use encore_data::InteractionMatrix;
-use encore_models::bpr::{Bpr, BprConfig};
-use encore_models::lightgcn::{LightGcn, LightGcnConfig, NormAdj};
-use encore_models::{EpochContext, Trainable};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;

@@ -1,4 +1,4 @@
-//! The models crate's error type.
+//! The framework's error type, shared by every model crate.
 
 use std::path::PathBuf;
 
@@ -45,6 +45,15 @@ impl ModelError {
         ModelError::Format {
             path: path.into(),
             message: message.into(),
+        }
+    }
+}
+
+impl From<encore_io::IoError> for ModelError {
+    fn from(e: encore_io::IoError) -> Self {
+        match e {
+            encore_io::IoError::Io { path, source } => ModelError::Io { path, source },
+            encore_io::IoError::Format { path, message } => ModelError::Format { path, message },
         }
     }
 }

@@ -49,12 +49,18 @@ pub trait ModelConfig: Serialize + DeserializeOwned + Clone {
     /// The registry name of the model (`"multivae"`), accepted in the document's `model` key.
     const MODEL: &'static str;
 
-    /// The preset names this model knows; the first is the default.
-    fn presets() -> &'static [&'static str];
+    /// Keys besides `train.seed` that a run's `--seed` sets (e.g. a model's `init_seed`).
+    const SEED_KEYS: &'static [&'static str] = &[];
 
-    /// The full default configuration of a preset (`None` for an unknown name). Its `preset`
-    /// field must hold `name`.
-    fn preset(name: &str) -> Option<Self>;
+    /// The full default configuration of a preset. Its `preset` field must hold `preset`.
+    fn preset(preset: Preset) -> Self;
+
+    /// The conditioning kind and fused dimension of a conditioned model (MODELS.md
+    /// "Conditioning"); `None` for a model that takes no item features or is configured
+    /// without them.
+    fn conditioning(&self) -> Option<(crate::conditioning::ConditioningKind, usize)> {
+        None
+    }
 
     /// Validate every value; the error names the first bad key and its allowed range.
     fn check(&self) -> Result<(), ModelError>;
@@ -63,6 +69,43 @@ pub trait ModelConfig: Serialize + DeserializeOwned + Clone {
     /// Liang et al.'s notebook for 200).
     fn trainer_defaults(&self) -> TrainerConfig {
         TrainerConfig::default()
+    }
+}
+
+/// Which reference implementation's defaults a configuration starts from (MODELS.md: the
+/// original is the default, RecBole's settings must be reachable). Written in TOML as
+/// `preset = "original"` or `preset = "recbole"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The paper's own code / the original authors' settings.
+    #[default]
+    Original,
+    /// RecBole 1.2.1's defaults (the tool the paper's numbers came from).
+    Recbole,
+}
+
+impl Preset {
+    /// Every preset, the default first.
+    pub const ALL: [Preset; 2] = [Preset::Original, Preset::Recbole];
+
+    /// The preset's name in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Original => "original",
+            Preset::Recbole => "recbole",
+        }
+    }
+
+    /// The preset of a name (`None` for an unknown one).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Preset::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -200,30 +243,8 @@ impl<T: ModelConfig> RunConfig<T> {
 
     /// Write [`RunConfig::to_toml`] to `path` atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<(), ModelError> {
-        write_atomic(path, self.to_toml()?.as_bytes())
+        Ok(encore_io::write_bytes(path, self.to_toml()?.as_bytes())?)
     }
-}
-
-/// The little-endian bytes of `values` (the layout safetensors stores): their own memory on a
-/// little-endian machine, a converted copy elsewhere. Checkpoints are written every epoch, and
-/// converting MultiVAE's 27 MB of weights and moments byte by byte took a third of its 18 ms
-/// checkpoint on ml-100k.
-pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
-    if cfg!(target_endian = "little") {
-        std::borrow::Cow::Borrowed(bytemuck::cast_slice(values))
-    } else {
-        std::borrow::Cow::Owned(values.iter().flat_map(|x| x.to_le_bytes()).collect())
-    }
-}
-
-/// Write `bytes` to `path` through a temporary file in the same folder and a rename, so that a
-/// crash leaves either the old file or the new one, never half of one (SPEC §8).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
 }
 
 /// Read the document's `model` key, if any, so that a caller can pick the model type before
@@ -316,22 +337,20 @@ pub fn resolve_table<T: ModelConfig>(mut user: Table) -> Result<RunConfig<T>, Mo
             }
         }
     }
-    let preset_name = match user.get("preset") {
-        None => T::presets()[0].to_string(),
-        Some(Value::String(s)) => s.clone(),
+    let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+    let preset = match user.get("preset") {
+        None => Preset::default(),
+        Some(Value::String(s)) => Preset::from_name(s).ok_or_else(|| {
+            ModelError::config("preset", format!("expected one of {names:?}, got `{s}`"))
+        })?,
         Some(other) => {
             return Err(ModelError::config(
                 "preset",
-                format!("expected one of {:?}, got {other}", T::presets()),
+                format!("expected one of {names:?}, got {other}"),
             ))
         }
     };
-    let defaults = T::preset(&preset_name).ok_or_else(|| {
-        ModelError::config(
-            "preset",
-            format!("expected one of {:?}, got `{preset_name}`", T::presets()),
-        )
-    })?;
+    let defaults = T::preset(preset);
     let train_user = match user.remove("train") {
         None => Table::new(),
         Some(Value::Table(t)) => t,
@@ -412,30 +431,38 @@ pub fn check_range<V: PartialOrd + std::fmt::Display>(
     }
 }
 
+/// Check helper for model configs: `value` must be finite and > 0.
+pub fn check_positive_finite(key: &str, value: f64) -> Result<(), ModelError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::config(
+            key,
+            format!("must be a finite number > 0, got {value}"),
+        ))
+    }
+}
+
+/// Check helper for model configs: `value` must be finite and >= 0.
+pub fn check_nonnegative_finite(key: &str, value: f64) -> Result<(), ModelError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::config(
+            key,
+            format!("must be a finite number >= 0, got {value}"),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The bytes written for safetensors are each value's little-endian encoding, in order.
-    #[test]
-    fn f32_bytes_are_little_endian_in_order() {
-        let v = [
-            1.0f32,
-            -0.0,
-            f32::NAN,
-            f32::MIN_POSITIVE,
-            -3.25e7,
-            f32::INFINITY,
-        ];
-        let want: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        assert_eq!(&*f32_le_bytes(&v), &want[..]);
-        assert!(f32_le_bytes(&[]).is_empty());
-    }
-
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Toy {
-        preset: String,
+        preset: Preset,
         dim: usize,
         lr: f64,
         hidden: Vec<usize>,
@@ -444,26 +471,14 @@ mod tests {
 
     impl ModelConfig for Toy {
         const MODEL: &'static str = "toy";
-        fn presets() -> &'static [&'static str] {
-            &["original", "recbole"]
-        }
-        fn preset(name: &str) -> Option<Self> {
-            match name {
-                "original" => Some(Toy {
-                    preset: name.into(),
-                    dim: 200,
-                    lr: 1e-3,
-                    hidden: vec![600],
-                    flag: false,
-                }),
-                "recbole" => Some(Toy {
-                    preset: name.into(),
-                    dim: 64,
-                    lr: 1e-3,
-                    hidden: vec![600],
-                    flag: true,
-                }),
-                _ => None,
+        fn preset(preset: Preset) -> Self {
+            let recbole = preset == Preset::Recbole;
+            Toy {
+                preset,
+                dim: if recbole { 64 } else { 200 },
+                lr: 1e-3,
+                hidden: vec![600],
+                flag: recbole,
             }
         }
         fn check(&self) -> Result<(), ModelError> {
@@ -472,7 +487,11 @@ mod tests {
         }
         fn trainer_defaults(&self) -> TrainerConfig {
             TrainerConfig {
-                epochs: if self.preset == "recbole" { 300 } else { 200 },
+                epochs: if self.preset == Preset::Recbole {
+                    300
+                } else {
+                    200
+                },
                 ..TrainerConfig::default()
             }
         }
@@ -492,7 +511,7 @@ mod tests {
     #[test]
     fn defaults_come_from_the_preset_picked_first() {
         let c: RunConfig<Toy> = resolve(None, &[]).unwrap();
-        assert_eq!(c.model, Toy::preset("original").unwrap());
+        assert_eq!(c.model, Toy::preset(Preset::Original));
         assert_eq!(c.train.epochs, 200);
         // The preset set after another key still supplies the defaults of the other keys.
         let c: RunConfig<Toy> = resolve(None, &sets(&["lr=0.01", "preset=recbole"])).unwrap();

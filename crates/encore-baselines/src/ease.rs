@@ -30,12 +30,9 @@ use encore_data::InteractionMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bpr::{
-    check_nonnegative_finite, check_range, read_json, read_tensors, take_tensor, write_json,
-    write_tensors, Preset, PRESETS,
-};
-use crate::config::ModelConfig;
-use crate::{ModelError, Recommender};
+use encore_core::config::{check_nonnegative_finite, check_range, ModelConfig, Preset};
+use encore_core::registry::{ClosedForm, ModelEntry};
+use encore_core::{ModelError, Recommender};
 
 /// EASE hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,12 +87,8 @@ impl EaseConfig {
 impl ModelConfig for EaseConfig {
     const MODEL: &'static str = "ease";
 
-    fn presets() -> &'static [&'static str] {
-        PRESETS
-    }
-
-    fn preset(name: &str) -> Option<Self> {
-        Preset::from_name(name).map(EaseConfig::preset)
+    fn preset(preset: Preset) -> Self {
+        EaseConfig::preset(preset)
     }
 
     fn check(&self) -> Result<(), ModelError> {
@@ -223,12 +216,12 @@ impl Ease {
 
     /// Load what [`Recommender::save`] wrote.
     pub fn load(dir: &Path) -> Result<Ease, ModelError> {
-        let meta: EaseMeta = read_json(&dir.join("ease.json"))?;
+        let meta: EaseMeta = encore_io::read_json(&dir.join("ease.json"))?;
         meta.config.check()?;
         let path = dir.join("ease.safetensors");
-        let mut t = read_tensors(&path)?;
+        let mut t = encore_io::read_f32_tensors(&path)?;
         let n = meta.n_items;
-        let weights = take_tensor(&mut t, &path, "item_item", &[n, n])?;
+        let weights = t.take("item_item", &[n, n])?;
         Ok(Ease {
             config: meta.config,
             n_items: n,
@@ -299,17 +292,33 @@ impl Recommender for Ease {
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let n = self.n_items;
-        write_tensors(
+        encore_io::write_f32_tensors(
             &dir.join("ease.safetensors"),
             &[("item_item", vec![n, n], &self.weights)],
+            None,
         )?;
-        write_json(
+        Ok(encore_io::write_json(
             &dir.join("ease.json"),
             &EaseMeta {
                 config: self.config.clone(),
                 n_items: n,
             },
-        )
+        )?)
+    }
+}
+
+/// EASE's registry entry.
+pub fn entry() -> ModelEntry {
+    ModelEntry::closed_form::<Ease>("EASE (Steck 2019): closed-form item-item regression")
+}
+
+impl ClosedForm for Ease {
+    type Config = EaseConfig;
+    fn fit(config: &EaseConfig, train: &InteractionMatrix) -> Result<Self, ModelError> {
+        Ease::fit(train, config)
+    }
+    fn load(dir: &Path) -> Result<Self, ModelError> {
+        Ease::load(dir)
     }
 }
 

@@ -32,7 +32,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use encore_data::InteractionMatrix;
@@ -42,7 +42,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{write_atomic, TrainerConfig};
+use encore_io::{find_dir, replace_dir, with_suffix};
+
+use crate::config::TrainerConfig;
 use crate::{EpochContext, ModelError, Trainable};
 
 /// The matrices a model is trained and validated on (all users x items, same shape).
@@ -310,16 +312,16 @@ pub fn train(
             elapsed_seconds: wall_seconds,
             ..state.clone()
         };
-        replace_dir(&checkpoint, |dir| {
+        replace_dir(&checkpoint, |dir| -> Result<(), ModelError> {
             let model_dir = dir.join("model");
             std::fs::create_dir_all(&model_dir).map_err(|e| ModelError::io(&model_dir, e))?;
             model.save_state(&model_dir)?;
-            write_atomic(
+            Ok(encore_io::write_bytes(
                 &dir.join("trainer.json"),
                 serde_json::to_string(&saved)
                     .expect("trainer state serialises")
                     .as_bytes(),
-            )
+            )?)
         })?;
         // Redrawn after an evaluation at most every PLOT_INTERVAL, and when the run ends:
         // drawing both takes about 5 ms, a sixth of the time of a MultiVAE epoch on ml-100k.
@@ -347,47 +349,6 @@ pub fn train(
 
 /// The shortest time between two drawings of the validation plots during a run.
 const PLOT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The folder to read a checkpoint from: `dir`, or `dir.old` when a run died between the two
-/// renames of [`replace_dir`].
-fn find_dir(dir: &Path) -> Option<PathBuf> {
-    if dir.is_dir() {
-        return Some(dir.to_path_buf());
-    }
-    let old = with_suffix(dir, ".old");
-    old.is_dir().then_some(old)
-}
-
-fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
-    let mut s = dir.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Replace folder `dir` with what `fill` writes, atomically (see the module documentation).
-fn replace_dir(
-    dir: &Path,
-    fill: impl FnOnce(&Path) -> Result<(), ModelError>,
-) -> Result<(), ModelError> {
-    let tmp = with_suffix(dir, ".tmp");
-    let old = with_suffix(dir, ".old");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
-    fill(&tmp)?;
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-        }
-        std::fs::rename(dir, &old).map_err(|e| ModelError::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| ModelError::io(&tmp, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))?;
-    }
-    Ok(())
-}
 
 fn read_state(path: &Path) -> Result<TrainerState, ModelError> {
     let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
@@ -436,7 +397,7 @@ fn write_log(path: &Path, lines: &[EpochLog]) -> Result<(), ModelError> {
         text.push_str(&serde_json::to_string(l).expect("log line serialises"));
         text.push('\n');
     }
-    write_atomic(path, text.as_bytes())
+    Ok(encore_io::write_bytes(path, text.as_bytes())?)
 }
 
 fn append_log(path: &Path, line: &EpochLog) -> Result<(), ModelError> {
@@ -593,12 +554,12 @@ mod tests {
             Ok(())
         }
         fn save(&self, dir: &Path) -> Result<(), ModelError> {
-            write_atomic(
+            Ok(encore_io::write_bytes(
                 &dir.join("scores.json"),
                 serde_json::to_string(&(&self.scores, self.epochs_seen))
                     .unwrap()
                     .as_bytes(),
-            )
+            )?)
         }
     }
 
