@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use encore_data::readers::{CsvColumns, InteractionFormat};
-use encore_data::split::write_atomic;
 use encore_data::synth::{self, Preset, SynthConfig};
 use encore_data::{cache, Dataset, PrepareOptions, Split, SplitKind};
 use serde::{Deserialize, Serialize};
@@ -250,35 +249,12 @@ pub fn import(args: &ImportArgs) -> Result<(Dataset, DatasetInfo)> {
         stats: ds.stats(),
         import_seconds: start.elapsed().as_secs_f64(),
     };
-    save_new_dir(&args.out, |tmp| {
+    encore_io::create_dir(&args.out, |tmp| -> Result<()> {
         cache::save(&ds, &tmp.join(CACHE_FILE))?;
-        let json = serde_json::to_string_pretty(&info)?;
-        write_atomic(&tmp.join(INFO_FILE), |w| {
-            std::io::Write::write_all(w, json.as_bytes())
-        })?;
+        encore_io::write_json(&tmp.join(INFO_FILE), &info)?;
         Ok(())
     })?;
     Ok((ds, info))
-}
-
-/// Create `out` by filling a temporary sibling directory and renaming it into place.
-pub fn save_new_dir(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".encore-tmp-")
-        .tempdir_in(parent)
-        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-    fill(tmp.path())?;
-    let tmp = tmp.keep();
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e).with_context(|| format!("moving the result to {}", out.display()));
-    }
-    Ok(())
 }
 
 /// Load a prepared dataset directory.

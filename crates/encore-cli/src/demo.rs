@@ -11,8 +11,8 @@ use encore_data::synth::Preset;
 
 use crate::data::{self, FormatName, ImportArgs};
 use crate::features::FeatureSources;
+use crate::models;
 use crate::train::{self, table, TrainArgs};
-use crate::{models, run};
 
 #[derive(Args, Clone, Debug)]
 #[command(after_help = "Examples:\n  encore demo\n  encore demo --out runs/my-demo --seed 11")]
@@ -43,7 +43,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         std::fs::remove_dir_all(&args.out)?;
     }
     std::fs::create_dir_all(&args.out)?;
-    run::write_json(
+    encore_io::write_json(
         &args.out.join(MARKER),
         &serde_json::json!({"world_seed": args.world_seed, "seed": args.seed}),
     )?;
@@ -128,7 +128,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             )
         })
         .collect();
-    run::write_json(&args.out.join("results.json"), &json)?;
+    encore_io::write_json(&args.out.join("results.json"), &json)?;
     println!(
         "everything is in {} (world/, data/, runs/<model>/, results.json); {:.1} s in all",
         args.out.display(),

@@ -9,7 +9,7 @@ use encore_data::Split;
 use encore_eval::{evaluate_ranked_lists, read_ranked_lists, EvalOptions};
 
 use crate::models;
-use crate::run::{self, write_json};
+use crate::run;
 use crate::train::{evaluate_split, table};
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         let rows = vec![("valid".to_string(), &valid), ("test".to_string(), &test)];
         println!("{}", table(&rows, &args.k));
         if let Some(out) = &args.out {
-            write_json(
+            encore_io::write_json(
                 out,
                 &serde_json::json!({"valid": valid.metrics, "test": test.metrics}),
             )?;
@@ -90,7 +90,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
         report.n_evaluated, report.n_skipped
     );
     if let Some(out) = &args.out {
-        write_json(out, &report.metrics)?;
+        encore_io::write_json(out, &report.metrics)?;
         println!("metrics written to {}", out.display());
     }
     Ok(())

@@ -8,9 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use encore_core::conditioning::{Conditioning, ConditioningKind};
 use encore_data::features::{read_feature_tsv, read_text_folder, read_text_table, FeatureTable};
-use encore_data::split::write_atomic;
 use encore_data::IdMap;
 use encore_features::{fuse, FusionConfig, FusionMethod, FusionModel};
+use encore_io::write_atomic;
 use encore_text::{embed_table, EmbedOptions, Pooling, TextEncoder};
 use serde::{Deserialize, Serialize};
 
@@ -348,7 +348,7 @@ impl BuiltConditioning {
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         self.fusion.save(&dir.join("fusion.safetensors"))?;
-        crate::run::write_json(&dir.join("report.json"), &self.report)?;
+        encore_io::write_json(&dir.join("report.json"), &self.report)?;
         self.cond.save(dir)?;
         Ok(())
     }

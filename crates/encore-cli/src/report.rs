@@ -102,7 +102,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
         println!("{}", encore_eval::format_table(&table_rows, &refs));
     }
     if let Some(path) = &args.csv {
-        encore_data::split::write_atomic(path, |w| {
+        encore_io::write_atomic(path, |w| {
             use std::io::Write;
             writeln!(w, "run,{},best_epoch", names.join(","))?;
             for r in &rows {

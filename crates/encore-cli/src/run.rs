@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use encore_data::split::{write_atomic, SplitInfo};
+use encore_data::split::SplitInfo;
 use encore_data::{Dataset, Split};
 use encore_eval::MetricReport;
 use serde::{Deserialize, Serialize};
@@ -69,13 +69,6 @@ impl RunMetrics {
     }
 }
 
-/// Write a JSON file atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
-    Ok(())
-}
-
 /// Read a JSON file with an error naming it.
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text =
@@ -94,7 +87,7 @@ pub fn create(dir: &Path, info: &RunInfo, dataset: &Dataset, split: &Split) -> R
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     split.save_dir(&dir.join("split"), dataset, &info.split)?;
-    write_json(&dir.join("run.json"), info)
+    Ok(encore_io::write_json(&dir.join("run.json"), info)?)
 }
 
 /// A run directory read back.
@@ -128,26 +121,11 @@ pub fn load(dir: &Path) -> Result<LoadedRun> {
     let loaded = Split::load_dir(&split_dir, from_data.as_ref())?;
     let dataset = match from_data {
         Some(ds) => ds,
-        None => dataset_from_split(&info.dataset_name, &loaded),
+        None => loaded.dataset(&info.dataset_name),
     };
     Ok(LoadedRun {
         info,
         dataset,
         split: loaded.split,
     })
-}
-
-/// A dataset whose catalogue and matrix are those of a split directory (train ∪ input ∪
-/// valid ∪ test); used when a run or `--split-dir` has no prepared dataset beside it.
-pub fn dataset_from_split(name: &str, loaded: &encore_data::split::LoadedSplit) -> Dataset {
-    let s = &loaded.split;
-    Dataset {
-        name: name.to_string(),
-        users: loaded.users.clone(),
-        items: loaded.items.clone(),
-        matrix: s.input.union(&s.valid).union(&s.test),
-        timestamps: None,
-        item_names: None,
-        source_order: None,
-    }
 }

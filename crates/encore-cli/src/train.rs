@@ -101,7 +101,7 @@ fn dataset_and_split(args: &TrainArgs, seed: u64) -> Result<(Dataset, Split)> {
                 .with_context(|| format!("loading the split in {}", dir.display()))?;
             let ds = match dataset {
                 Some(ds) => ds,
-                None => run::dataset_from_split(&dir_name(dir), &loaded),
+                None => loaded.dataset(&dir_name(dir)),
             };
             Ok((ds, loaded.split))
         }
@@ -232,7 +232,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainResult> {
         metrics.best_epoch = o.best_epoch;
         metrics.epochs = Some(o.epochs_run);
     }
-    run::write_json(&run_dir.join("metrics.json"), &metrics)?;
+    encore_io::write_json(&run_dir.join("metrics.json"), &metrics)?;
     Ok(TrainResult {
         run_dir,
         valid,

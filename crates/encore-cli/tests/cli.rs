@@ -797,3 +797,229 @@ fn embedded_lyrics_condition_a_multivae() {
     let report = std::fs::read_to_string(run.join("conditioning/report.json")).unwrap();
     assert!(report.contains("\"items_with_features\""), "{report}");
 }
+
+/// Rewrite an Encore split file in another tool's layout: RecBole's atomic-file header
+/// (`user_id:token<TAB>item_id:token`, a rating column), or DiffRec-style integer pairs
+/// without a header. Ids are mapped to integers by `ids` (first appearance).
+fn export_split_file(src: &Path, dst: &Path, style: &str, ids: &mut Vec<String>) {
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut out = String::new();
+    if style == "recbole" {
+        out.push_str("user_id:token\titem_id:token\trating:float\n");
+    }
+    let mut index = |id: &str| match ids.iter().position(|x| x == id) {
+        Some(p) => p,
+        None => {
+            ids.push(id.to_string());
+            ids.len() - 1
+        }
+    };
+    for line in text.lines().skip(1) {
+        let (u, i) = line.split_once('\t').unwrap();
+        match style {
+            "recbole" => out.push_str(&format!("{u}\t{i}\t1.0\n")),
+            _ => out.push_str(&format!("{}\t{}\n", index(&format!("u{u}")), index(i))),
+        }
+    }
+    std::fs::write(dst, out).unwrap();
+}
+
+#[test]
+fn external_split_directories_train_and_evaluate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let run = tmp.path().join("run");
+    ok(&[
+        "train",
+        "--model",
+        "itemknn",
+        "--data",
+        s(&data),
+        "--split",
+        "ratio",
+        "--seed",
+        "4",
+        "--out",
+        s(&run),
+        "--k",
+        "10",
+    ]);
+    // The reference: Encore's own split directory (with split.json), read without --data, so
+    // that the catalogue is built from the files in the same order as for the exports.
+    let own = tmp.path().join("run-own");
+    ok(&[
+        "train",
+        "--model",
+        "itemknn",
+        "--split-dir",
+        s(&run.join("split")),
+        "--out",
+        s(&own),
+        "--k",
+        "10",
+    ]);
+    let reference = read_metrics(&own);
+    for style in ["recbole", "diffrec"] {
+        // Only the three files another tool would write: no split.json.
+        let ext = tmp.path().join(format!("ext-{style}"));
+        std::fs::create_dir_all(&ext).unwrap();
+        let mut ids = Vec::new();
+        for part in ["train", "valid", "test"] {
+            let name = format!("{part}.tsv");
+            export_split_file(
+                &run.join("split").join(&name),
+                &ext.join(&name),
+                style,
+                &mut ids,
+            );
+        }
+        let out = tmp.path().join(format!("run-{style}"));
+        ok(&[
+            "train",
+            "--model",
+            "itemknn",
+            "--split-dir",
+            s(&ext),
+            "--out",
+            s(&out),
+            "--k",
+            "10",
+        ]);
+        // The same interactions give the same metrics, whatever the ids look like.
+        let m = read_metrics(&out);
+        for key in ["ndcg@10", "recall@10", "mrr@10", "hit@10"] {
+            assert_eq!(
+                metric(&m, "test", key),
+                metric(&reference, "test", key),
+                "{style} {key}"
+            );
+        }
+        let info: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(info["split"]["kind"], "external", "{info}");
+        assert_eq!(
+            info["split"]["fingerprints"].as_object().unwrap().len(),
+            4,
+            "{info}"
+        );
+        // The run keeps the split with its computed record, and re-evaluates from it.
+        assert!(out.join("split/split.json").exists());
+        ok(&["evaluate", "--run", s(&out), "--k", "10"]);
+
+        // Ranked lists made elsewhere are scored on the external split too.
+        let recs = tmp.path().join(format!("recs-{style}.tsv"));
+        let first_user = std::fs::read_to_string(ext.join("test.tsv")).unwrap();
+        let first = first_user
+            .lines()
+            .find(|l| !l.starts_with("user_id"))
+            .unwrap()
+            .to_string();
+        let (u, i) = first.split_once('\t').unwrap();
+        let i = i.split('\t').next().unwrap();
+        std::fs::write(&recs, format!("user_id\titem_id\trank\n{u}\t{i}\t1\n")).unwrap();
+        let out_json = tmp.path().join(format!("m-{style}.json"));
+        ok(&[
+            "evaluate",
+            "--split",
+            s(&ext),
+            "--recommendations",
+            s(&recs),
+            "--k",
+            "1",
+            "--out",
+            s(&out_json),
+        ]);
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
+        assert!(m["hit@1"].as_f64().unwrap() > 0.0, "{m}");
+    }
+}
+
+#[test]
+fn itemknn_trains_evaluates_and_recommends_through_the_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let run = tmp.path().join("knn");
+    ok(&[
+        "train",
+        "--model",
+        "itemknn",
+        "--data",
+        s(&data),
+        "--seed",
+        "2",
+        "--set",
+        "k=20",
+        "--out",
+        s(&run),
+        "--k",
+        "10",
+    ]);
+    let trained = read_metrics(&run);
+    assert!(metric(&trained, "test", "ndcg@10") > 0.0);
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("model = \"itemknn\"") && config.contains("k = 20"),
+        "{config}"
+    );
+    // Re-evaluating the saved model reproduces the run's test metrics exactly.
+    let again = tmp.path().join("again.json");
+    ok(&[
+        "evaluate",
+        "--run",
+        s(&run),
+        "--k",
+        "10",
+        "--out",
+        s(&again),
+    ]);
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    assert_eq!(
+        metric(&again, "test", "ndcg@10"),
+        metric(&trained, "test", "ndcg@10")
+    );
+    // A new listener folds in from a history; what they heard is never recommended.
+    let train = std::fs::read_to_string(run.join("split/train.tsv")).unwrap();
+    let items: Vec<&str> = train
+        .lines()
+        .skip(1)
+        .take(3)
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .collect();
+    let recs = ok(&[
+        "recommend",
+        "--run",
+        s(&run),
+        "--history",
+        &items.join(","),
+        "-k",
+        "5",
+    ]);
+    let listed: Vec<&str> = recs
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(listed.len(), 5, "{recs}");
+    assert!(listed.iter().all(|i| !items.contains(i)), "{recs}");
+    // Bad configuration names the key.
+    let err = fails(&[
+        "train",
+        "--model",
+        "itemknn",
+        "--data",
+        s(&data),
+        "--set",
+        "k=0",
+        "--out",
+        s(&tmp.path().join("bad")),
+    ]);
+    assert!(err.contains("`k`"), "{err}");
+    assert!(!tmp.path().join("bad").exists());
+    let err = fails(&["train", "--model", "knn", "--data", s(&data)]);
+    assert!(
+        err.contains("itemknn") && err.contains("unknown model"),
+        "{err}"
+    );
+}

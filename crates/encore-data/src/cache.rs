@@ -17,7 +17,6 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::split::write_atomic;
 use crate::{DataError, Dataset, IdMap, InteractionMatrix, Result};
 
 const MAGIC: &[u8; 8] = b"ENCOREDS";
@@ -47,7 +46,7 @@ pub fn save(dataset: &Dataset, path: &Path) -> Result<()> {
         has_source_order: dataset.source_order.is_some(),
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
-    write_atomic(path, |w| {
+    Ok(encore_io::write_atomic(path, |w| {
         let mut hw = HashingWriter {
             inner: w,
             hasher: blake3::Hasher::new(),
@@ -66,7 +65,7 @@ pub fn save(dataset: &Dataset, path: &Path) -> Result<()> {
         }
         let digest = hw.hasher.finalize();
         hw.inner.write_all(digest.as_bytes())
-    })
+    })?)
 }
 
 /// Read a cache written by [`save`].

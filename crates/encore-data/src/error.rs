@@ -64,3 +64,12 @@ impl DataError {
 
 /// Result alias for the data crate.
 pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+impl From<encore_io::IoError> for DataError {
+    fn from(e: encore_io::IoError) -> Self {
+        match e {
+            encore_io::IoError::Io { path, source } => DataError::Io { path, source },
+            encore_io::IoError::Format { path, message } => DataError::Format { path, message },
+        }
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -378,30 +378,21 @@ pub fn write_feature_tsv(path: &Path, table: &FeatureTable) -> Result<()> {
             ),
         ));
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let io = |e: std::io::Error| DataError::io(path, e);
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
-        w.write_all(b"id").map_err(io)?;
+    encore_io::write_atomic(path, |w| {
+        w.write_all(b"id")?;
         for c in &table.columns {
-            write!(w, "\t{c}").map_err(io)?;
+            write!(w, "\t{c}")?;
         }
-        w.write_all(b"\n").map_err(io)?;
+        w.write_all(b"\n")?;
         for (i, id) in table.ids.iter().enumerate() {
-            w.write_all(id.as_bytes()).map_err(io)?;
+            w.write_all(id.as_bytes())?;
             for v in table.row(i) {
-                write!(w, "\t{v}").map_err(io)?;
+                write!(w, "\t{v}")?;
             }
-            w.write_all(b"\n").map_err(io)?;
+            w.write_all(b"\n")?;
         }
-        w.flush().map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    })?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! tools can train on exactly the same data) plus `split.json` with fingerprints.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -40,6 +40,9 @@ pub enum SplitKind {
     /// One global time cut: interactions before the 80% time quantile train, up to the 90%
     /// quantile valid, the rest test. No interaction after a cut reaches the model input.
     TemporalGlobal,
+    /// Made by another tool (RecBole, DiffRec, LensKit, ...): a split directory without
+    /// `split.json`, read as given. Never made by [`Split::make`].
+    External,
 }
 
 impl SplitKind {
@@ -51,6 +54,7 @@ impl SplitKind {
             SplitKind::Users => "users",
             SplitKind::Temporal => "temporal",
             SplitKind::TemporalGlobal => "temporal-global",
+            SplitKind::External => "external",
         }
     }
 }
@@ -226,6 +230,10 @@ impl Split {
             }
             SplitKind::TemporalGlobal => Self::temporal_global(dataset, seed),
             SplitKind::Users => Ok(Self::users(m, seed)),
+            SplitKind::External => Err(DataError::parameter(
+                "split",
+                "an external split is read from its directory (--split-dir), not made",
+            )),
         }
     }
 
@@ -422,11 +430,11 @@ impl Split {
             ("valid.tsv", self.valid.clone()),
             ("test.tsv", self.test.clone()),
         ];
-        if self.kind == SplitKind::Users {
+        if self.input != self.train {
             files.push(("foldin.tsv", self.foldin()));
         }
         for (name, m) in files {
-            write_atomic(&dir.join(name), |w| {
+            encore_io::write_atomic(&dir.join(name), |w| {
                 writeln!(w, "user_id\titem_id")?;
                 for u in 0..m.n_users() {
                     let uid = dataset.users.id(u as u32);
@@ -438,21 +446,32 @@ impl Split {
             })?;
         }
         let json = serde_json::to_string_pretty(info).expect("split info serialises");
-        write_atomic(&dir.join("split.json"), |w| w.write_all(json.as_bytes()))
+        Ok(encore_io::write_bytes(
+            &dir.join("split.json"),
+            json.as_bytes(),
+        )?)
     }
 
-    /// Read a split directory written by [`Split::save_dir`] (or by another tool in the same
-    /// layout). Ids are mapped through `dataset` when given (an id it does not know is an
-    /// error naming the file and line); otherwise the catalogue is built from the files, in
-    /// order of first appearance in train, fold-in, valid, test.
+    /// Read a split directory written by [`Split::save_dir`], or made by another tool: only
+    /// `train.tsv`, `valid.tsv` and `test.tsv` are required (`foldin.tsv` optional, adding
+    /// held-out users' model input); without `split.json` the split is recorded as external
+    /// with the fingerprints Encore computes. Each file holds a user id and an item id per
+    /// line, tab-separated, further columns ignored; the first line is a header when its
+    /// first two fields name them (see [`is_pair_header`]: Encore's `user_id<TAB>item_id`,
+    /// RecBole's `user_id:token<TAB>item_id:token`), and data otherwise (DiffRec-style
+    /// `uid<TAB>iid` dumps). Ids are mapped through `dataset` when given (an id it does not
+    /// know is an error naming the file and line); otherwise the catalogue is built from the
+    /// files, in order of first appearance in train, fold-in, valid, test.
     pub fn load_dir(dir: &Path, dataset: Option<&Dataset>) -> Result<LoadedSplit> {
         let info_path = dir.join("split.json");
-        let info: SplitInfo = {
+        let info: Option<SplitInfo> = if info_path.exists() {
             let text =
                 std::fs::read_to_string(&info_path).map_err(|e| DataError::io(&info_path, e))?;
-            serde_json::from_str(&text).map_err(|e| {
+            Some(serde_json::from_str(&text).map_err(|e| {
                 DataError::format(&info_path, format!("not a valid split.json: {e}"))
-            })?
+            })?)
+        } else {
+            None
         };
         let mut users = dataset.map(|d| d.users.clone()).unwrap_or_default();
         let mut items = dataset.map(|d| d.items.clone()).unwrap_or_default();
@@ -476,19 +495,37 @@ impl Split {
             train_m.union(&InteractionMatrix::from_pairs(nu, ni, &foldin))
         };
         let split = Split {
-            kind: info.kind,
-            seed: info.seed,
+            kind: info.as_ref().map_or(SplitKind::External, |i| i.kind),
+            seed: info.as_ref().map_or(0, |i| i.seed),
             train: train_m,
             input,
             valid: InteractionMatrix::from_pairs(nu, ni, &valid),
             test: InteractionMatrix::from_pairs(nu, ni, &test),
         };
-        Ok(LoadedSplit {
+        let mut loaded = LoadedSplit {
             split,
             users,
             items,
-            info,
-        })
+            info: SplitInfo {
+                kind: SplitKind::External,
+                seed: 0,
+                dataset_fingerprint: String::new(),
+                fingerprints: Default::default(),
+                counts: Default::default(),
+            },
+        };
+        loaded.info = match info {
+            Some(info) => info,
+            // An external split: record it as such, with the fingerprints Encore computes.
+            None => {
+                let fingerprint = match dataset {
+                    Some(d) => d.fingerprint(),
+                    None => loaded.dataset("external").fingerprint(),
+                };
+                loaded.split.info(&fingerprint)
+            }
+        };
+        Ok(loaded)
     }
 }
 
@@ -498,10 +535,50 @@ pub struct LoadedSplit {
     pub split: Split,
     pub users: IdMap,
     pub items: IdMap,
+    /// The recorded `split.json`, or for an external split (no `split.json`) the record
+    /// Encore computes: kind `external`, seed 0, fingerprints of the parts as read.
     pub info: SplitInfo,
 }
 
-/// Read a `user_id<TAB>item_id` file into index pairs.
+impl LoadedSplit {
+    /// A dataset whose catalogue and matrix are those of the split (train ∪ input ∪ valid ∪
+    /// test); used when a split has no prepared dataset beside it.
+    pub fn dataset(&self, name: &str) -> Dataset {
+        let s = &self.split;
+        Dataset {
+            name: name.to_string(),
+            users: self.users.clone(),
+            items: self.items.clone(),
+            matrix: s.input.union(&s.valid).union(&s.test),
+            timestamps: None,
+            item_names: None,
+            source_order: None,
+        }
+    }
+}
+
+/// Whether a split file's first line is a header: its first two fields, without a RecBole
+/// `:type` suffix and compared case-insensitively, name a user and an item column
+/// (`user_id`, `userid`, `user`, `uid` / `item_id`, `itemid`, `item`, `iid`, `track_id`).
+pub fn is_pair_header(line: &str) -> bool {
+    let mut fields = line.split('\t').map(|f| {
+        f.split(':')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let (Some(u), Some(i)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    matches!(u.as_str(), "user_id" | "userid" | "user" | "uid")
+        && matches!(
+            i.as_str(),
+            "item_id" | "itemid" | "item" | "iid" | "track_id" | "trackid"
+        )
+}
+
+/// Read a split file (a user id and an item id per line, optional header) into index pairs.
 fn read_pairs(
     path: &Path,
     users: &mut IdMap,
@@ -530,14 +607,7 @@ fn read_pairs(
         }
         line_no += 1;
         let text = line.trim_end_matches(['\n', '\r']);
-        if line_no == 1 {
-            let header: Vec<&str> = text.split('\t').collect();
-            if header.len() < 2 || header[0] != "user_id" || header[1] != "item_id" {
-                return Err(DataError::format(
-                    path,
-                    format!("line 1: expected the header `user_id<TAB>item_id`, found `{text}`"),
-                ));
-            }
+        if line_no == 1 && is_pair_header(text) {
             continue;
         }
         if text.is_empty() {
@@ -578,31 +648,10 @@ fn read_pairs(
     if line_no == 0 {
         return Err(DataError::format(
             path,
-            "empty file: expected the header `user_id<TAB>item_id`",
+            "empty file: expected `user_id<TAB>item_id` lines (a header line is optional)",
         ));
     }
     Ok(pairs)
-}
-
-/// Write a file through a temporary file in the same directory, renamed into place only when
-/// everything was written: a failure never leaves a half-written file.
-pub fn write_atomic(
-    path: &Path,
-    body: impl FnOnce(&mut BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| DataError::io(dir, e))?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        body(&mut w).map_err(|e| DataError::io(path, e))?;
-        w.flush().map_err(|e| DataError::io(path, e))?;
-    }
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -189,6 +189,21 @@ pub(crate) fn number_f32(bytes: &[u8]) -> Result<f32, String> {
     }
 }
 
+/// Parse an interaction's value (play count, weight, rating): a finite number >= 0. A negative
+/// count (HetRec's `user_artists.dat` has one, `2<TAB>51<TAB>-5` in some copies) is an error:
+/// it has no meaning as implicit feedback, and binarising it silently would turn it into a
+/// listen or drop it depending on the threshold.
+pub(crate) fn interaction_value(bytes: &[u8]) -> Result<f32, String> {
+    let v = number_f32(bytes)?;
+    if v < 0.0 {
+        return Err(format!(
+            "expected a count or weight >= 0, found {}",
+            show(bytes)
+        ));
+    }
+    Ok(v)
+}
+
 /// Parse a finite number as `f64`.
 pub(crate) fn number_f64(bytes: &[u8]) -> Result<f64, String> {
     let parsed = std::str::from_utf8(bytes)
@@ -394,6 +409,11 @@ mod tests {
         assert!(number_f32(b"inf").is_err());
         assert!(number_f32(b"").is_err());
         assert!(number_f32(b"4x").is_err());
+        assert_eq!(interaction_value(b"0"), Ok(0.0));
+        assert_eq!(interaction_value(b"2.5"), Ok(2.5));
+        let err = interaction_value(b"-5").unwrap_err();
+        assert!(err.contains(">= 0") && err.contains("-5"), "{err}");
+        assert!(interaction_value(b"NaN").is_err());
     }
 
     #[test]

@@ -578,7 +578,7 @@ fn emit(
     let user = fields::id(&bytes[ranges[layout.user].clone()]).map_err(|m| err(layout.user, m))?;
     let item = fields::id(&bytes[ranges[layout.item].clone()]).map_err(|m| err(layout.item, m))?;
     let value = match layout.value {
-        Some(i) => fields::number_f32(&bytes[ranges[i].clone()]).map_err(|m| err(i, m))?,
+        Some(i) => fields::interaction_value(&bytes[ranges[i].clone()]).map_err(|m| err(i, m))?,
         None => 1.0,
     };
     let timestamp = match layout.timestamp {

@@ -422,6 +422,26 @@ fn movielens_u_data_and_ratings_dat_with_names() {
 }
 
 #[test]
+fn a_negative_play_count_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "user_artists.dat",
+        b"userID\tartistID\tweight\n2\t51\t13883\n2\t51\t-5\n",
+    );
+    let err = read_all(&InteractionFormat::HetrecLastfm, dir.path(), None).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Parse { line: 3, column: 3, field, .. } if field == "weight"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("user_artists.dat:3") && msg.contains("-5"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn hetrec_weights_names_and_latin1_tags() {
     let dir = tempfile::tempdir().unwrap();
     write(
