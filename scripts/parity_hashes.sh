@@ -12,7 +12,8 @@
 # Times and timings (train_seconds, eval_seconds, log.jsonl) are left out: they differ between
 # any two runs. Rust never reassociates or contracts float operations, so a debug build gives
 # the release build's bits and this check can run on either. THREADS (default 2) fixes the
-# thread count; SKIP_DEMO=1 leaves the demo out; MODELS overrides the model list.
+# thread count; SKIP_DEMO=1 leaves the demo out; MODELS overrides the model list; KEEP=DIR
+# keeps a copy of the runs.
 set -euo pipefail
 BIN=$(realpath "${1:?usage: parity_hashes.sh PATH/TO/encore}")
 cd "$(dirname "$0")/.."
@@ -44,7 +45,9 @@ PY
 done
 if [ -z "${SKIP_DEMO:-}" ]; then
   "$BIN" --threads "$THREADS" demo --out "$work/demo" > "$work/demo.log" 2>&1
-  python3 - "$work/demo/results.json" > "$work/demo/results.values" <<'PY'
+  # One file per demo model, so that a model added to the demo leaves the others comparable.
+  mkdir -p "$work/demo/results"
+  python3 - "$work/demo/results.json" "$work/demo/results" <<'PY'
 import json, sys
 def strip(v):
     if isinstance(v, dict):
@@ -52,10 +55,13 @@ def strip(v):
     if isinstance(v, list):
         return [strip(x) for x in v]
     return v
-print(json.dumps(strip(json.load(open(sys.argv[1]))), sort_keys=True))
+for label, metrics in json.load(open(sys.argv[1])).items():
+    with open(f"{sys.argv[2]}/{label}.values", "w") as f:
+        print(json.dumps(strip(metrics), sort_keys=True), file=f)
 PY
 fi
 cd "$work"
-find runs demo -type f \( -name 'metrics.values' -o -name 'results.values' -o -path '*/model/*' \
+[ -n "${KEEP:-}" ] && cp -r "$work" "$KEEP"
+find runs demo -type f \( -name '*.values' -o -path '*/model/*' \
   -o -path '*/checkpoint/*.safetensors' -o -name 'config.toml' \) 2>/dev/null \
   | grep -v '/demo/world/\|/demo/data/' | sort | xargs sha256sum

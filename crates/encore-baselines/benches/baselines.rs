@@ -2,13 +2,13 @@
 //! training epoch of BPR-MF and LightGCN on a scaled-down random graph.
 //!
 //! ```text
-//! cargo bench -p encore-models --bench baselines
-//! ENCORE_BENCH_EDGES=5000000 cargo bench -p encore-models --bench baselines   # smaller graph
+//! cargo bench -p encore-baselines --bench baselines
+//! ENCORE_BENCH_EDGES=5000000 cargo bench -p encore-baselines --bench baselines   # smaller graph
 //! ```
 //!
 //! The issue's table (seconds per epoch at full Onion scale, dense vs sparse Adam, peak
 //! memory) is the ignored test `bpr::scale::scale_table`:
-//! `cargo test --release -p encore-models --lib -- --ignored scale_table --nocapture`.
+//! `cargo test --release -p encore-baselines --lib -- --ignored scale_table --nocapture`.
 //!
 //! The propagation graph is random bipartite, 119k users x 57k items with 50M interactions
 //! (Onion's size; `ENCORE_BENCH_EDGES` overrides the edge count), `d = 64`. The reported

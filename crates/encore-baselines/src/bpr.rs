@@ -798,7 +798,7 @@ pub(crate) mod tests {
 /// 4 decimals with patience 10, test excluding train + valid). Needs the shared data folder:
 ///
 /// ```text
-/// cargo test --release -p encore-models --lib -- --ignored ml100k --nocapture
+/// cargo test --release -p encore-baselines --lib -- --ignored ml100k --nocapture
 /// ```
 #[cfg(test)]
 mod ml100k {
@@ -962,7 +962,7 @@ mod ml100k {
 /// knobs ask for; needs about 3 GB of memory):
 ///
 /// ```text
-/// cargo test --release -p encore-models --lib -- --ignored scale_table --nocapture
+/// cargo test --release -p encore-baselines --lib -- --ignored scale_table --nocapture
 /// ```
 ///
 /// Knobs (environment): `ENCORE_SCALE_BPR_EPOCHS` full sparse-Adam BPR epochs at Onion scale

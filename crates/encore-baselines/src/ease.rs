@@ -503,5 +503,11 @@ mod tests {
             crate::lightgcn::LightGcnConfig::from_toml_str(&read("lightgcn.toml")).unwrap(),
             crate::lightgcn::LightGcnConfig::default()
         );
+        let knn = encore_core::config::resolve::<crate::knn::KnnConfig>(
+            Some(&dir.join("itemknn.toml")),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(knn.model, crate::knn::KnnConfig::preset(Preset::Original));
     }
 }

@@ -53,9 +53,13 @@ enum Command {
 }
 
 fn main() {
-    // Large per-step buffers are reused instead of page-faulted afresh (see the module doc).
-    encore_core::alloc::retain_freed_memory();
     let cli = Cli::parse();
+    // Training reuses large per-step buffers instead of page-faulting them afresh
+    // (`encore_core::alloc`). Only the commands that train get this policy: it keeps the heap
+    // at its peak, which an import or a long-running process must not do.
+    if matches!(cli.command, Command::Train(_) | Command::Demo(_)) {
+        encore_core::alloc::retain_freed_memory();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -7,8 +7,8 @@
 //! kernel for zero-filled page faults and TLB shootdowns: `perf` showed about 30% of a
 //! 2-thread MultiVAE step in `clear_page_erms`, `native_write_msr` and
 //! `smp_call_function_many_cond`, work that does not scale with threads. Serving large blocks
-//! from the heap and never trimming it lets the next step reuse the same pages: measured on the
-//! Onion-scale MultiVAE step (`encore-vae` example `scale`, 2 threads) 3.33 s -> 2.39 s.
+//! from the heap and never trimming it lets the next step reuse the same pages (the measurement
+//! is in docs/PERFORMANCE.md, "VAEs at Onion scale").
 //!
 //! Written by hand (a few `mallopt` calls) rather than switching the global allocator, because
 //! the problem is one glibc policy and the fix keeps the allocator everything else was
@@ -16,7 +16,8 @@
 
 /// Keep freed memory in the process for reuse instead of returning large blocks to the OS.
 /// Call once at start-up, before other threads allocate; a no-op off glibc Linux. The cost is
-/// that the resident size stays at its peak until the process exits (fine for a CLI job).
+/// that the resident size stays at its peak until the process exits: the `encore` binary sets
+/// it for the training commands only.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `mallopt` only changes glibc's allocation policy; it is called with valid
