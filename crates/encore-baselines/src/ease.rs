@@ -263,28 +263,13 @@ impl Recommender for Ease {
     }
 
     fn score_users(&self, users: &[u32], input: &InteractionMatrix, out: &mut [f32]) {
-        if self.n_items == 0 {
-            return;
-        }
-        out.par_chunks_mut(self.n_items)
-            .zip(users.par_iter())
-            .for_each(|(row, &u)| {
-                let history: &[u32] = if (u as usize) < input.n_users() {
-                    input.row(u as usize)
-                } else {
-                    &[]
-                };
-                self.score_row(history, row);
-            });
+        crate::score_input_rows(self.n_items, users, input, out, |h, row| {
+            self.score_row(h, row)
+        });
     }
 
     fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
-        if let Some(&bad) = history.iter().find(|&&i| i as usize >= self.n_items) {
-            return Err(ModelError::Input(format!(
-                "item index {bad} is outside the catalogue of {} items",
-                self.n_items
-            )));
-        }
+        crate::check_items(history, self.n_items)?;
         self.score_row(history, out);
         Ok(())
     }

@@ -75,11 +75,7 @@ pub(crate) fn axpy(w: f32, b: &[f32], a: &mut [f32]) {
 
 /// Check a history's item indices against the catalogue.
 pub(crate) fn check_history(history: &[u32], n_items: usize) -> Result<(), ModelError> {
-    if let Some(&bad) = history.iter().find(|&&i| i as usize >= n_items) {
-        return Err(ModelError::Input(format!(
-            "item index {bad} is outside the catalogue of {n_items} items"
-        )));
-    }
+    crate::check_items(history, n_items)?;
     if history.is_empty() {
         return Err(ModelError::Input(
             "the history is empty: a factorisation model folds a listener in from the mean of \
