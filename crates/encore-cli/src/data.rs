@@ -9,8 +9,6 @@ use encore_data::synth::{self, Preset, SynthConfig};
 use encore_data::{cache, Dataset, PrepareOptions, Split, SplitKind};
 use serde::{Deserialize, Serialize};
 
-/// The file inside a prepared dataset directory holding the binary cache.
-pub const CACHE_FILE: &str = "dataset.bin";
 /// The file inside a prepared dataset directory describing it.
 pub const INFO_FILE: &str = "dataset.json";
 
@@ -250,7 +248,7 @@ pub fn import(args: &ImportArgs) -> Result<(Dataset, DatasetInfo)> {
         import_seconds: start.elapsed().as_secs_f64(),
     };
     encore_io::create_dir(&args.out, |tmp| -> Result<()> {
-        cache::save(&ds, &tmp.join(CACHE_FILE))?;
+        cache::save(&ds, &tmp.join(cache::FILE_NAME))?;
         encore_io::write_json(&tmp.join(INFO_FILE), &info)?;
         Ok(())
     })?;
@@ -259,11 +257,12 @@ pub fn import(args: &ImportArgs) -> Result<(Dataset, DatasetInfo)> {
 
 /// Load a prepared dataset directory.
 pub fn load(dir: &Path) -> Result<Dataset> {
-    let path = dir.join(CACHE_FILE);
+    let path = dir.join(cache::FILE_NAME);
     if !path.exists() {
         bail!(
-            "{}: not a prepared dataset directory (no {CACHE_FILE}); create one with `encore data import`",
-            dir.display()
+            "{}: not a prepared dataset directory (no {}); create one with `encore data import`",
+            dir.display(),
+            cache::FILE_NAME
         );
     }
     Ok(cache::load(&path)?)

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use encore_core::run::{self, evaluate_split};
 use encore_data::Split;
 use encore_eval::{evaluate_ranked_lists, read_ranked_lists, EvalOptions};
 
 use crate::models;
-use crate::run;
-use crate::train::{evaluate_split, table};
+use crate::train::table;
 
 #[derive(Clone, Copy, ValueEnum, Debug, PartialEq, Eq)]
 pub enum Part {
@@ -49,7 +49,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     }
     if let Some(dir) = &args.run {
         let loaded = run::load(dir)?;
-        let model = (models::find(&loaded.info.model)?.load)(&dir.join("model"))?;
+        let model = loaded.model(&models::find(&loaded.info.model)?)?;
         let (valid, test) = evaluate_split(model.as_ref(), &loaded.split, &args.k);
         println!(
             "{} on {} ({} split, seed {})",

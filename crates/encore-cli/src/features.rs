@@ -333,9 +333,6 @@ pub struct FeatureSources {
     pub lyrics: Option<PathBuf>,
 }
 
-/// The folder of a run holding its conditioning (fused item vectors and their projection).
-pub const CONDITIONING_DIR: &str = "conditioning";
-
 /// A conditioned model's item features, fitted and ready to save into the run directory.
 pub struct BuiltConditioning {
     pub cond: Conditioning,

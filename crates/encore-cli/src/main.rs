@@ -9,7 +9,6 @@ mod models;
 mod progress;
 mod recommend;
 mod report;
-mod run;
 mod train;
 
 use clap::{Parser, Subcommand};

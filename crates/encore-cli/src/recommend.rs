@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use encore_core::run;
 
-use crate::{models, run};
+use crate::models;
 
 #[derive(Args, Clone, Debug)]
 #[command(
@@ -28,7 +29,7 @@ pub struct RecommendArgs {
 
 pub fn run(args: RecommendArgs) -> Result<()> {
     let loaded = run::load(&args.run)?;
-    let model = (models::find(&loaded.info.model)?.load)(&args.run.join("model"))?;
+    let model = loaded.model(&models::find(&loaded.info.model)?)?;
     let ds = &loaded.dataset;
     let s = &loaded.split;
     let n_items = model.n_items();

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use encore_core::run::{self, RunInfo, RunMetrics};
 use encore_eval::MetricReport;
-
-use crate::run::{read_json, RunInfo, RunMetrics};
 
 #[derive(Args, Clone, Debug)]
 #[command(
@@ -36,15 +35,16 @@ struct Row {
 }
 
 fn read_row(dir: &std::path::Path) -> Result<Row> {
-    let info: RunInfo = read_json(&dir.join("run.json"))
+    let info: RunInfo = encore_io::read_json(&dir.join(run::RUN_FILE))
         .with_context(|| format!("{} is not a run directory", dir.display()))?;
-    let metrics: RunMetrics = read_json(&dir.join("metrics.json")).with_context(|| {
-        format!(
-            "{}: no metrics.json (is the run finished? `encore train --resume` continues it)",
-            dir.display()
-        )
-    })?;
-    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap_or_default();
+    let metrics: RunMetrics =
+        encore_io::read_json(&dir.join(run::METRICS_FILE)).with_context(|| {
+            format!(
+                "{}: no metrics.json (is the run finished? `encore train --resume` continues it)",
+                dir.display()
+            )
+        })?;
+    let config = std::fs::read_to_string(dir.join(run::CONFIG_FILE)).unwrap_or_default();
     let conditioning = toml::from_str::<toml::Table>(&config)
         .ok()
         .and_then(|t| {

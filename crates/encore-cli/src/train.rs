@@ -1,17 +1,19 @@
 //! `encore train`: fit a model on a dataset and split, evaluate it, write a run directory.
+//! The command parses its arguments, loads the data and builds a conditioned model's item
+//! vectors; the run directory's lifecycle is `encore_core::run`'s.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use encore_core::conditioning::Conditioning;
-use encore_core::registry::FitInput;
-use encore_core::{ModelScorer, Recommender};
+use encore_core::registry::ModelEntry;
+use encore_core::run::{self, NewRun, RunFit, RunResult, RunStage};
+use encore_core::ModelError;
 use encore_data::{Dataset, Split, SplitKind};
-use encore_eval::{evaluate, EvalOptions, MetricReport};
+use encore_eval::MetricReport;
 
-use crate::run::{self, RunInfo, RunMetrics};
-use crate::{data, models};
+use crate::{data, models, progress};
 
 #[derive(Args, Clone, Debug)]
 #[command(
@@ -56,17 +58,9 @@ pub struct TrainArgs {
     pub features: crate::features::FeatureSources,
 }
 
-/// What a finished training run reports.
-pub struct TrainResult {
-    pub run_dir: PathBuf,
-    pub valid: MetricReport,
-    pub test: MetricReport,
-    pub metrics: RunMetrics,
-}
-
 pub fn run(args: TrainArgs) -> Result<()> {
     let result = train(&args)?;
-    println!("run directory: {}", result.run_dir.display());
+    println!("run directory: {}", result.dir.display());
     let rows = vec![
         ("valid".to_string(), &result.valid),
         ("test".to_string(), &result.test),
@@ -122,140 +116,123 @@ fn dir_name(p: &Path) -> String {
         .unwrap_or_else(|| "dataset".into())
 }
 
-/// Train, evaluate and record one run.
-pub fn train(args: &TrainArgs) -> Result<TrainResult> {
+/// Train, evaluate and record one run (a new one, or the run in `--out` with `--resume`).
+pub fn train(args: &TrainArgs) -> Result<RunResult> {
     let entry = models::find(&args.model)?;
     if args.k.is_empty() || args.k.contains(&0) {
         bail!("--k: expected a comma-separated list of positive cut-offs, e.g. 5,10,20");
     }
-    let seed = args.seed.unwrap_or(2020);
     let resuming = args.resume
         && args
             .out
             .as_deref()
-            .is_some_and(|d| d.join("run.json").exists());
-    let (run_dir, split, resolved, built) = if resuming {
-        let run_dir = args.out.clone().expect("--resume requires --out");
-        let loaded = run::load(&run_dir)?;
-        if loaded.info.model != args.model {
-            bail!(
-                "--resume: {} holds a `{}` run, not `{}`",
-                run_dir.display(),
-                loaded.info.model,
-                args.model
-            );
+            .is_some_and(|d| d.join(run::RUN_FILE).exists());
+    let evaluating = RefCell::new(None);
+    let progress = |stage: RunStage| {
+        if stage == RunStage::Evaluating {
+            *evaluating.borrow_mut() = Some(progress::spinner("evaluating the best model"));
         }
-        let config_file = run_dir.join("config.toml");
-        let resolved = (entry.resolve)(Some(&config_file), &[], None)?;
-        // Re-running the original command with --resume is fine; a different config is not.
-        if args.config.is_some() || !args.sets.is_empty() || args.seed.is_some() {
-            let given = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
-            if given.to_toml()? != resolved.to_toml()? {
-                bail!(
-                    "--resume: the given --config/--set/--seed differ from the config recorded in {}; \
-                     resume without them (or with the original ones)",
-                    config_file.display()
-                );
-            }
-        }
-        (run_dir, loaded.split, resolved, None)
+    };
+    let result = if resuming {
+        resume_run(args, &entry, &progress)
     } else {
-        let resolved = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
-        let (dataset, split) = dataset_and_split(args, seed)?;
-        let run_dir = args.out.clone().unwrap_or_else(|| {
-            PathBuf::from("runs").join(format!(
-                "{}-{}-{}-{}",
-                args.model, dataset.name, split.kind, seed
-            ))
-        });
-        let info = RunInfo {
-            model: args.model.clone(),
-            data: args.data.clone(),
-            dataset_name: dataset.name.clone(),
-            dataset_fingerprint: dataset.fingerprint(),
-            split: split.info(&dataset.fingerprint()),
-            seed,
-            threads: rayon::current_num_threads(),
-            encore_version: env!("CARGO_PKG_VERSION").to_string(),
-            features: resolved.conditioning().map(|_| args.features.clone()),
-        };
-        if resolved.conditioning().is_none()
-            && (args.features.audio.is_some() || args.features.lyrics.is_some())
-        {
-            bail!(
-                "--audio/--lyrics are only used by a conditioned model: add e.g. \
-                 --set conditioning=tensor (multivae, macridvae)"
-            );
-        }
-        let built = resolved
-            .conditioning()
-            .map(|(kind, dim)| {
-                crate::features::build_conditioning(kind, dim, &dataset.items, &args.features, seed)
-            })
-            .transpose()?;
-        run::create(&run_dir, &info, &dataset, &split)?;
-        if let Some(b) = &built {
-            b.save(&run_dir.join(crate::features::CONDITIONING_DIR))?;
-        }
-        encore_io::write_bytes(&run_dir.join("config.toml"), resolved.to_toml()?.as_bytes())?;
-        (run_dir, split, resolved, built)
+        new_run(args, &entry, &progress)
     };
-
-    // A conditioned model's item vectors: fitted before the run directory exists (bad feature
-    // files leave nothing behind), kept in the run directory, and loaded from there on resume
-    // so that a resumed run continues with exactly the same conditioning.
-    let cond_dir = run_dir.join(crate::features::CONDITIONING_DIR);
-    let cond = match (resolved.conditioning(), built) {
-        (None, _) => None,
-        (Some(_), Some(b)) => Some(b.cond),
-        (Some(_), None) => Some(Conditioning::load(&cond_dir)?),
-    };
-
-    let start = std::time::Instant::now();
-    let fitted = resolved.fit(FitInput {
-        train: &split.train,
-        input: &split.input,
-        valid: &split.valid,
-        run_dir: &run_dir,
-        resume: args.resume,
-        conditioning: cond,
-    })?;
-    let (model, outcome) = (fitted.model, fitted.outcome);
-    let train_seconds = outcome
-        .as_ref()
-        .map_or(start.elapsed().as_secs_f64(), |o| o.seconds);
-
-    let (valid, test) = evaluate_split(model.as_ref(), &split, &args.k);
-    let mut metrics = RunMetrics::new(&valid, &test);
-    metrics.train_seconds = train_seconds;
-    if let Some(o) = &outcome {
-        metrics.best_epoch = o.best_epoch;
-        metrics.epochs = Some(o.epochs_run);
+    if let Some(spinner) = evaluating.take() {
+        spinner.finish_and_clear();
     }
-    encore_io::write_json(&run_dir.join("metrics.json"), &metrics)?;
-    Ok(TrainResult {
-        run_dir,
-        valid,
-        test,
-        metrics,
-    })
+    result
 }
 
-/// Validation (excluding the model input) and test (excluding input and validation items).
-pub fn evaluate_split(
-    model: &dyn Recommender,
-    split: &Split,
-    ks: &[usize],
-) -> (MetricReport, MetricReport) {
-    let opts = EvalOptions {
-        ks: ks.to_vec(),
-        ..EvalOptions::default()
+/// A new run in `--out` (or the default folder).
+fn new_run(args: &TrainArgs, entry: &ModelEntry, progress: &dyn Fn(RunStage)) -> Result<RunResult> {
+    let seed = args.seed.unwrap_or(2020);
+    let config = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
+    let (dataset, split) = dataset_and_split(args, seed)?;
+    let run_dir = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-{}-{}-{}",
+            args.model, dataset.name, split.kind, seed
+        ))
+    });
+    if config.conditioning().is_none()
+        && (args.features.audio.is_some() || args.features.lyrics.is_some())
+    {
+        bail!(
+            "--audio/--lyrics are only used by a conditioned model: add e.g. \
+             --set conditioning=tensor (multivae, macridvae)"
+        );
+    }
+    // A conditioned model's item vectors are fitted before the run directory exists, so that
+    // bad feature files leave nothing behind.
+    let built = config
+        .conditioning()
+        .map(|(kind, dim)| {
+            crate::features::build_conditioning(kind, dim, &dataset.items, &args.features, seed)
+        })
+        .transpose()?;
+    let features = built
+        .as_ref()
+        .map(|_| serde_json::to_value(&args.features))
+        .transpose()?;
+    let created = run::create(&NewRun {
+        dir: &run_dir,
+        model: entry.name,
+        config: config.as_ref(),
+        dataset: &dataset,
+        data: args.data.as_deref(),
+        split: &split,
+        seed,
+        features,
+    });
+    if let Err(ModelError::RunExists { dir }) = &created {
+        bail!(
+            "{}: already holds a run; choose another --out (or --resume to continue it)",
+            dir.display()
+        );
+    }
+    created?;
+    if let Some(b) = &built {
+        b.save(&run_dir.join(run::CONDITIONING_DIR))?;
+    }
+    let fit = RunFit {
+        dir: &run_dir,
+        split: &split,
+        config: config.as_ref(),
+        conditioning: built.map(|b| b.cond),
+        resume: false,
+        ks: &args.k,
     };
-    let scorer = ModelScorer {
-        model,
-        input: &split.input,
+    Ok(run::fit_and_evaluate(fit, progress)?)
+}
+
+/// Continue the run in `--out` with the configuration, split and conditioning it recorded.
+fn resume_run(
+    args: &TrainArgs,
+    entry: &ModelEntry,
+    progress: &dyn Fn(RunStage),
+) -> Result<RunResult> {
+    let run_dir = args.out.as_deref().expect("--resume requires --out");
+    let loaded = run::load(run_dir)?;
+    let config = loaded.config(entry).context("--resume")?;
+    // Re-running the original command with --resume is fine; a different config is not.
+    if args.config.is_some() || !args.sets.is_empty() || args.seed.is_some() {
+        let given = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
+        if given.to_toml()? != config.to_toml()? {
+            bail!(
+                "--resume: the given --config/--set/--seed differ from the config recorded in {}; \
+                 resume without them (or with the original ones)",
+                run_dir.join(run::CONFIG_FILE).display()
+            );
+        }
+    }
+    let fit = RunFit {
+        dir: run_dir,
+        split: &loaded.split,
+        config: config.as_ref(),
+        conditioning: None,
+        resume: true,
+        ks: &args.k,
     };
-    let valid = evaluate(&scorer, &[&split.input], &split.valid, &opts);
-    let test = evaluate(&scorer, &[&split.input, &split.valid], &split.test, &opts);
-    (valid, test)
+    Ok(run::fit_and_evaluate(fit, progress)?)
 }

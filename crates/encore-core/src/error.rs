@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Errors from configuring, training, saving or loading a model.
+/// Errors from configuring, training, saving or loading a model, and from a run directory's
+/// lifecycle.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// A config key with a bad value: names the key and the allowed range.
@@ -15,9 +16,15 @@ pub enum ModelError {
         #[source]
         source: std::io::Error,
     },
-    /// A saved model or checkpoint that cannot be read.
+    /// A saved model, checkpoint or run directory that cannot be read or used.
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
+    /// A dataset or split that cannot be read or saved (a run's `split/`, its dataset cache).
+    #[error(transparent)]
+    Data(#[from] encore_data::DataError),
+    /// A new run asked for in a directory that already holds one.
+    #[error("{dir}: already holds a run")]
+    RunExists { dir: PathBuf },
     /// An input the model cannot handle (e.g. an item index outside the catalogue).
     #[error("{0}")]
     Input(String),

@@ -9,6 +9,8 @@
 //! - [`optim`]: Adam exactly as PyTorch computes it.
 //! - [`registry`]: the table of models (name, config, construct, train, load) the command
 //!   line, the experiment runner and the service look models up in.
+//! - [`run`]: the run directory and its lifecycle: create it, fit the model, evaluate the best
+//!   model, record the metrics; load it back to evaluate, recommend or resume.
 //! - [`alloc`]: the allocator policy for training processes.
 //!
 //! Durable file output (atomic writes, safetensors) lives one level lower, in `encore-io`,
@@ -20,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod optim;
 pub mod registry;
+pub mod run;
 pub mod trainer;
 
 pub use error::ModelError;

@@ -59,6 +59,13 @@ pub trait ResolvedModel {
     fn fit(&self, input: FitInput<'_>) -> Result<Fitted, ModelError>;
 }
 
+/// How a [`ModelEntry`] resolves its model's configuration.
+pub type ResolveFn = fn(
+    file: Option<&Path>,
+    sets: &[String],
+    seed: Option<u64>,
+) -> Result<Box<dyn ResolvedModel>, ModelError>;
+
 /// One registered model.
 #[derive(Clone, Copy)]
 pub struct ModelEntry {
@@ -69,11 +76,7 @@ pub struct ModelEntry {
     /// Resolve the configuration from an optional TOML file and `--set` overrides; `seed`
     /// (a run's `--seed`) sets the trainer's seed and the model's own seed keys, unless an
     /// override sets them.
-    pub resolve: fn(
-        file: Option<&Path>,
-        sets: &[String],
-        seed: Option<u64>,
-    ) -> Result<Box<dyn ResolvedModel>, ModelError>,
+    pub resolve: ResolveFn,
     /// Load a saved model from a `model/` folder.
     pub load: fn(dir: &Path) -> Result<Box<dyn Recommender>, ModelError>,
 }

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Dataset, IdMap, InteractionMatrix, Result};
 
+/// The cache's file name inside a prepared dataset directory (`encore data import --out DIR`
+/// writes `DIR/dataset.bin`), where a run directory's recorded dataset is looked up.
+pub const FILE_NAME: &str = "dataset.bin";
+
 const MAGIC: &[u8; 8] = b"ENCOREDS";
 const VERSION: u32 = 2;
 
