@@ -7,8 +7,8 @@
 //! ```
 //!
 //! The issue's table (seconds per epoch at full Onion scale, dense vs sparse Adam, peak
-//! memory) is the ignored test `bpr::scale::scale_table`:
-//! `cargo test --release -p encore-baselines --lib -- --ignored scale_table --nocapture`.
+//! memory) is the example `baselines_scale`:
+//! `cargo run --release -p encore-baselines --example baselines_scale`.
 //!
 //! The propagation graph is random bipartite, 119k users x 57k items with 50M interactions
 //! (Onion's size; `ENCORE_BENCH_EDGES` overrides the edge count), `d = 64`. The reported

@@ -496,3 +496,52 @@ mod tests {
         assert_eq!(knn.model, crate::knn::KnnConfig::preset(Preset::Original));
     }
 }
+
+/// EASE on ml-100k against RecBole 1.2.1 (PEERS.md). Needs the shared data folder and is
+/// skipped without it. The baselines' quality and speed on Encore's own draw are the example
+/// `baselines_ml100k`.
+#[cfg(test)]
+mod ml100k {
+    use super::*;
+    use encore_data::readers::InteractionFormat;
+    use encore_data::{Dataset, PrepareOptions, Split, SplitKind};
+    use encore_eval::{evaluate, EvalOptions};
+
+    const DATA: &str = "/work/shared/data/ml-100k/ml-100k.inter";
+
+    /// EASE is a closed form, so on RecBole's own split (`ratio-recbole`) it must give
+    /// RecBole 1.2.1's test metrics (PEERS.md, seed 2020) to the digits RecBole prints: this
+    /// checks the split, the exclusions and all four metric definitions at once.
+    #[test]
+    fn ease_on_recboles_own_split_gives_recboles_metrics() {
+        let path = Path::new(DATA);
+        if !path.exists() {
+            eprintln!("{DATA} is absent: skipping");
+            return;
+        }
+        let (ds, _) = Dataset::import(
+            &InteractionFormat::RecBole,
+            path,
+            &PrepareOptions::default(),
+        )
+        .unwrap();
+        let split = Split::make(&ds, SplitKind::RatioRecbole, 2020).unwrap();
+        let ease = Ease::fit(&split.train, &EaseConfig::preset(Preset::Recbole)).unwrap();
+        let scorer = encore_core::ModelScorer {
+            model: &ease,
+            input: &split.input,
+        };
+        let m = evaluate(
+            &scorer,
+            &[&split.input, &split.valid],
+            &split.test,
+            &EvalOptions::default(),
+        )
+        .metrics;
+        let r4 = |k: &str| (m[k] * 1e4).round() / 1e4;
+        assert_eq!(
+            [r4("ndcg@10"), r4("mrr@10"), r4("recall@10"), r4("hit@10")],
+            [0.3295, 0.5277, 0.2805, 0.8197]
+        );
+    }
+}

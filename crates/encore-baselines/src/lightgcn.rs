@@ -41,8 +41,8 @@
 //! rows ([`NormAdj::propagate_rows`]), and the first backward step `g + Âg` skips the rows where
 //! `∂F` is zero, which is all but the batch's ([`NormAdj::propagate_backward_sparse`]). At
 //! Music4All-Onion scale (100M stored entries) a full product takes over 3 s on two cores, so
-//! a step takes about 7 s and an epoch of 24k batches about two days (the ignored test
-//! `bpr::scale::scale_table` measures steps and extrapolates). `sparse_adam = true` (default
+//! a step takes about 7 s and an epoch of 24k batches about two days (the example
+//! `baselines_scale` measures steps and extrapolates). `sparse_adam = true` (default
 //! off) applies the lazy Adam of BPR-MF's module docs to the rows with a non-zero gradient;
 //! with `L ≥ 1` that is the batch's `L`-hop neighbourhood, nearly every row on a dense graph,
 //! so it saves nothing measurable there (5.9-7.1 s vs 6.8-7.2 s a step at Onion scale, two
@@ -843,8 +843,9 @@ impl Recommender for LightGcn {
 
 impl LightGcn {
     /// The first `max_batches` batches of an epoch, without the end-of-epoch refresh of the
-    /// cached final embeddings; used to time steps at a scale where an epoch takes days.
-    pub(crate) fn train_batches(
+    /// cached final embeddings; used to time steps at a scale where an epoch takes days (the
+    /// `baselines_scale` example).
+    pub fn train_batches(
         &mut self,
         ctx: EpochContext<'_>,
         max_batches: usize,
