@@ -26,143 +26,7 @@ use faer::{ColMut, Conj, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::error::{FeatureError, Result};
-
-/// The two float types the kernels run in.
-pub(crate) trait Scalar: Copy + Send + Sync + 'static + std::ops::AddAssign {
-    const ZERO: Self;
-    const ONE: Self;
-    fn from_f64(x: f64) -> Self;
-}
-
-impl Scalar for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Scalar for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-    #[inline(always)]
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-}
-
-/// A row-major matrix operand, optionally used transposed.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub trans: bool,
-}
-
-impl<'a, T> Mat<'a, T> {
-    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "operand size");
-        Mat {
-            data,
-            rows,
-            cols,
-            trans: false,
-        }
-    }
-
-    pub fn t(self) -> Self {
-        Mat {
-            trans: !self.trans,
-            ..self
-        }
-    }
-
-    /// Shape as used (after the optional transpose).
-    pub fn shape(&self) -> (usize, usize) {
-        if self.trans {
-            (self.cols, self.rows)
-        } else {
-            (self.rows, self.cols)
-        }
-    }
-
-    /// (column stride, row stride) as used.
-    fn strides(&self) -> (isize, isize) {
-        if self.trans {
-            (self.cols as isize, 1)
-        } else {
-            (1, self.cols as isize)
-        }
-    }
-}
-
-/// Whether a top-level product may use `gemm`'s own rayon split.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Threads {
-    /// Sequential (inside a rayon task).
-    One,
-    /// `gemm` splits output blocks over the current rayon pool.
-    Pool,
-}
-
-/// `out = (accumulate ? out : 0) + a · b`, `out` row-major `[m, n]`.
-pub(crate) fn matmul<T: Scalar>(
-    out: &mut [T],
-    a: Mat<'_, T>,
-    b: Mat<'_, T>,
-    accumulate: bool,
-    threads: Threads,
-) {
-    let (m, k) = a.shape();
-    let (k2, n) = b.shape();
-    assert_eq!(k, k2, "inner dimensions differ");
-    assert_eq!(out.len(), m * n, "output size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out.fill(T::ZERO);
-        }
-        return;
-    }
-    let t = rayon::current_num_threads();
-    let parallelism = if threads == Threads::Pool && t > 1 && 2 * m * n * k > 1 << 20 {
-        gemm::Parallelism::Rayon(t)
-    } else {
-        gemm::Parallelism::None
-    };
-    let (a_cs, a_rs) = a.strides();
-    let (b_cs, b_rs) = b.strides();
-    // SAFETY: the pointers cover `m x k`, `k x n` and `m x n` elements with the given strides
-    // (checked by the assertions above and in `Mat::new`); `out` is a unique borrow, so it
-    // does not alias the inputs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
+pub(crate) use encore_nn::{matmul_on, Mat, Scalar, Threads};
 
 /// A centred `n x d` matrix `X_c = X − 1 μᵀ` that can write any block of itself on demand.
 /// Dense inputs and the implicit tensor-product matrix of the `tensor` fusion both implement
@@ -207,7 +71,7 @@ pub(crate) fn mul<O: CentredRows>(op: &O, w: Mat<'_, f32>) -> Vec<f32> {
             let rows = chunk.len() / s;
             buf.resize(rows * d, 0.0);
             op.fill(r0..r0 + rows, 0..d, &mut buf[..]);
-            matmul(chunk, Mat::new(&buf[..], rows, d), w, false, Threads::One);
+            matmul_on(chunk, Mat::new(&buf[..], rows, d), w, false, Threads::One);
         });
     out
 }
@@ -235,7 +99,7 @@ pub(crate) fn mul_t<O: CentredRows>(op: &O, y: &[f32], s: usize) -> Vec<f64> {
                 let rows = T_ROWS.min(n - r0);
                 let slab = &mut slab[..rows * cols];
                 op.fill(r0..r0 + rows, c0..c0 + cols, slab);
-                matmul(
+                matmul_on(
                     &mut part,
                     Mat::new(slab, rows, cols).t(),
                     Mat::new(&y[r0 * s..(r0 + rows) * s], rows, s),
@@ -280,7 +144,7 @@ pub(crate) fn covariance_f64<O: CentredRows>(op: &O) -> Vec<f64> {
         let rows = rb.min(n - r0);
         let blk = &mut buf[..rows * d];
         op.fill(r0..r0 + rows, 0..d, blk);
-        matmul(
+        matmul_on(
             &mut c,
             Mat::new(blk, rows, d).t(),
             Mat::new(blk, rows, d),
@@ -303,7 +167,7 @@ pub(crate) fn gram_f64<O: CentredRows>(op: &O) -> Vec<f64> {
         let cols = cb.min(d - c0);
         let blk = &mut buf[..n * cols];
         op.fill(0..n, c0..c0 + cols, blk);
-        matmul(
+        matmul_on(
             &mut g,
             Mat::new(blk, n, cols),
             Mat::new(blk, n, cols).t(),
@@ -329,7 +193,7 @@ pub(crate) fn left_project_f64<O: CentredRows>(op: &O, u: &[f64], k: usize) -> V
             let mut blk = vec![0f64; n * cols];
             op.fill(0..n, c0..c0 + cols, &mut blk);
             let mut part = vec![0f64; k * cols];
-            matmul(
+            matmul_on(
                 &mut part,
                 Mat::new(u, n, k).t(),
                 Mat::new(&blk, n, cols),

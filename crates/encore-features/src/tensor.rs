@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::linalg::{matmul, CentredRows, Mat, Scalar, Threads};
+use crate::linalg::{matmul_on, CentredRows, Mat, Scalar, Threads};
 
 /// `n` rows of `a_i ⊗ l_i − m`.
 pub(crate) struct TensorRows<'a> {
@@ -115,7 +115,7 @@ fn tensor_mean_f64(a: &[f32], l: &[f32], n: usize, p: usize, q: usize) -> Vec<f6
             let ab: Vec<f64> = a[r0 * p..r1 * p].iter().map(|&v| v as f64).collect();
             let lb: Vec<f64> = l[r0 * q..r1 * q].iter().map(|&v| v as f64).collect();
             let mut part = vec![0f64; p * q];
-            matmul(
+            matmul_on(
                 &mut part,
                 Mat::new(&ab, r1 - r0, p).t(),
                 Mat::new(&lb, r1 - r0, q),

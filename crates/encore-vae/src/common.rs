@@ -3,7 +3,7 @@
 //!
 //! # Why parameters are plain buffers
 //!
-//! The forward and backward passes are written by hand over `gemm` (see `kernels`), and Adam
+//! The forward and backward passes are written by hand over `gemm` (see `encore_nn`), and Adam
 //! is applied here: the weights, the Adam moments and every counter are plain buffers, so
 //! saving, loading, resuming and hashing them is trivial and exact. The burn helpers below
 //! (`#[cfg(test)]`) build the same models as burn autodiff graphs, the reference the
@@ -351,7 +351,7 @@ impl SparseBatch {
 
     /// The batch in CSR form (entries are in row order by construction: [`SparseBatch::from_users`]
     /// emits them so, and normalising and dropout keep the order).
-    pub fn to_csr(&self) -> crate::kernels::Csr {
+    pub fn to_csr(&self) -> encore_nn::Csr {
         debug_assert!(self.rows.windows(2).all(|w| w[0] <= w[1]));
         let mut offsets = vec![0usize; self.n_rows + 1];
         for &r in &self.rows {
@@ -360,19 +360,18 @@ impl SparseBatch {
         for r in 0..self.n_rows {
             offsets[r + 1] += offsets[r];
         }
-        crate::kernels::Csr {
-            n_rows: self.n_rows,
+        encore_nn::Csr::new(
             offsets,
-            cols: self.items.iter().map(|&i| i as u32).collect(),
-            values: self.values.clone(),
-        }
+            self.items.iter().map(|&i| i as u32).collect(),
+            self.values.clone(),
+        )
     }
 
     /// The users' binary rows of `m`, each divided by its L2 norm, straight into CSR: the
     /// bits of `from_users(m, users).l2_normalised().to_csr()` (a row of `n` ones has the norm
     /// `sqrt(n)` exactly as that sum computes it), without the coordinate lists. Scoring
     /// builds its input this way; it took a tenth of a MultiVAE evaluation on ml-100k.
-    pub fn normalised_csr(m: &InteractionMatrix, users: &[u32]) -> crate::kernels::Csr {
+    pub fn normalised_csr(m: &InteractionMatrix, users: &[u32]) -> encore_nn::Csr {
         let mut offsets = Vec::with_capacity(users.len() + 1);
         offsets.push(0);
         let mut cols = Vec::new();
@@ -384,12 +383,7 @@ impl SparseBatch {
             values.extend(std::iter::repeat_n(value, row.len()));
             offsets.push(cols.len());
         }
-        crate::kernels::Csr {
-            n_rows: users.len(),
-            offsets,
-            cols,
-            values,
-        }
+        encore_nn::Csr::new(offsets, cols, values)
     }
 
     /// A training batch straight into CSR: the users' binary rows `x` and the encoder's
@@ -402,35 +396,10 @@ impl SparseBatch {
         users: &[u32],
         p: f64,
         rng: &mut ChaCha8Rng,
-    ) -> (crate::kernels::Csr, crate::kernels::Csr) {
-        let x = Self::normalised_csr(m, users);
-        let mut offsets = Vec::with_capacity(users.len() + 1);
-        offsets.push(0);
-        let (mut cols, mut values) = (Vec::new(), Vec::new());
-        let scale = (1.0 / (1.0 - p)) as f32;
-        for r in 0..users.len() {
-            let ents = x.offsets[r]..x.offsets[r + 1];
-            if p <= 0.0 {
-                cols.extend_from_slice(&x.cols[ents.clone()]);
-                values.extend_from_slice(&x.values[ents]);
-            } else {
-                for e in ents {
-                    if rng.random::<f64>() >= p {
-                        cols.push(x.cols[e]);
-                        values.push(x.values[e] * scale);
-                    }
-                }
-            }
-            offsets.push(cols.len());
-        }
-        let input = crate::kernels::Csr {
-            n_rows: users.len(),
-            offsets,
-            cols,
-            values,
-        };
-        let mut x = x;
-        x.values.fill(1.0);
+    ) -> (encore_nn::Csr, encore_nn::Csr) {
+        let mut x = Self::normalised_csr(m, users);
+        let input = x.dropped_out(p, rng);
+        x.values_mut().fill(1.0);
         (x, input)
     }
 
@@ -677,11 +646,11 @@ mod tests {
         let users = [3u32, 0, 8, 5, 3, 1];
         let want = SparseBatch::from_users(&m, &users).l2_normalised().to_csr();
         let got = SparseBatch::normalised_csr(&m, &users);
-        assert_eq!(got.offsets, want.offsets);
-        assert_eq!(got.cols, want.cols);
+        assert_eq!(got.offsets(), want.offsets());
+        assert_eq!(got.cols(), want.cols());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        assert_eq!(bits(&got.values), bits(&want.values));
-        assert!(got.values.iter().all(|v| *v > 0.0 && *v <= 1.0));
+        assert_eq!(bits(&got.values()), bits(&want.values()));
+        assert!(got.values().iter().all(|v| *v > 0.0 && *v <= 1.0));
         // The training batch: binary rows and the dropped-out input, the same random draws.
         for p in [0.0, 0.5] {
             let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
@@ -689,11 +658,11 @@ mod tests {
             let (want_x, want_in) = (x.to_csr(), x.l2_normalised().dropout(p, &mut r1).to_csr());
             let (got_x, got_in) = SparseBatch::training_csr(&m, &users, p, &mut r2);
             for (got, want) in [(&got_x, &want_x), (&got_in, &want_in)] {
-                assert_eq!(got.offsets, want.offsets, "p {p}");
-                assert_eq!(got.cols, want.cols, "p {p}");
-                assert_eq!(bits(&got.values), bits(&want.values), "p {p}");
+                assert_eq!(got.offsets(), want.offsets(), "p {p}");
+                assert_eq!(got.cols(), want.cols(), "p {p}");
+                assert_eq!(bits(&got.values()), bits(&want.values()), "p {p}");
             }
-            assert!(p == 0.0 || got_in.cols.len() < got_x.cols.len());
+            assert!(p == 0.0 || got_in.cols().len() < got_x.cols().len());
             assert_eq!(
                 r1.random::<u64>(),
                 r2.random::<u64>(),

@@ -97,10 +97,10 @@ pub(crate) fn prepare_model(
 /// batch scoring.
 pub(crate) fn cond_product(c: &[f32], w_c: &[f32], b: usize, cr: usize, o: usize) -> Vec<f32> {
     let mut yc = vec![0f32; b * o];
-    crate::kernels::matmul(
+    encore_nn::matmul(
         &mut yc,
-        crate::kernels::Mat::new(c, b, cr),
-        crate::kernels::Mat::new(w_c, cr, o),
+        encore_nn::Mat::new(c, b, cr),
+        encore_nn::Mat::new(w_c, cr, o),
         false,
     );
     yc

@@ -9,15 +9,14 @@
 //! any history) and [`encore_core::Trainable`] (one epoch of Adam steps, and a training state
 //! that resumes exactly), so the generic trainer in `encore_core::trainer` drives them.
 //!
-//! The forward and backward passes are written by hand over the `gemm` crate (module
-//! `kernels` says why: burn's graph overhead made a ml-100k step 2-5x slower than the
+//! The forward and backward passes are written by hand over `encore-nn`'s `gemm` wrapper and
+//! kernels (its crate documentation says why: burn's graph overhead made a ml-100k step 2-5x slower than the
 //! matrix-multiply bound); burn 0.22 (Flex CPU device, autodiff) remains a dev-dependency: the
 //! tests build each model as a burn graph and check the hand-written loss, gradients and
 //! scores against it.
 
 mod common;
 pub mod conditioning;
-mod kernels;
 pub mod macridvae;
 pub mod multivae;
 

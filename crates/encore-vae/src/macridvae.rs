@@ -1068,7 +1068,7 @@ mod tests {
             // The training decoder on the whole batch, and in blocks of 64 users (200 users:
             // 64, 64, 64, 8).
             let run = |threads: usize, block_users: Option<usize>| {
-                crate::kernels::on_threads(threads, || {
+                encore_nn::on_threads(threads, || {
                     let mut m = MacridVae::new(preset.clone(), n_items as usize).unwrap();
                     m.scratch.block_users = block_users;
                     let mut rng = ChaCha8Rng::seed_from_u64(5);
@@ -1105,7 +1105,7 @@ mod tests {
                 ..preset.clone()
             };
             let run = |threads: usize| {
-                crate::kernels::on_threads(threads, || {
+                encore_nn::on_threads(threads, || {
                     let mut m =
                         MacridVae::with_conditioning(cfg.clone(), n, Some(cond.clone())).unwrap();
                     let mut rng = ChaCha8Rng::seed_from_u64(5);

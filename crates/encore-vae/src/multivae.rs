@@ -25,7 +25,7 @@
 //! `64 → 600 → I`; `ce = −(log_softmax(z) · x).sum(1).mean()` (a mean over users, as here);
 //! `kl = −½ mean_u Σ_j (1 + log σ² − μ² − σ²)` (the same); Xavier-normal weights, zero biases.
 //!
-//! Implementation: the forward and backward passes are written by hand (`kernels` says why);
+//! Implementation: the forward and backward passes are written by hand (`encore_nn` says why);
 //! `tests::hand_written_backward_matches_burn_autodiff` checks loss and gradients against the
 //! same model built as a burn autodiff graph.
 //!
@@ -66,7 +66,8 @@ use crate::common::{
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, sparse_linear, to_vec};
 use crate::conditioning::{self, Conditioning, ConditioningKind};
-use crate::kernels::{add_bias, col_sums, matmul, tanh_backward, tanh_inplace, Csr, Mat};
+use encore_nn::kernels::{add_bias, col_sums, tanh_backward, tanh_inplace};
+use encore_nn::{matmul, Csr, Mat};
 
 /// MultiVAE's configuration (see the module documentation for the two presets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,7 +352,7 @@ impl MultiVae {
         let (nl, ne, b, d) = (
             self.n_layers(),
             self.n_encoder_layers(),
-            input.n_rows,
+            input.n_rows(),
             self.config.latent_dim,
         );
         let mut inputs = vec![Vec::new(); nl];
@@ -427,7 +428,7 @@ impl MultiVae {
         let (nl, ne, b, d, n) = (
             self.n_layers(),
             self.n_encoder_layers(),
-            x.n_rows,
+            x.n_rows(),
             self.config.latent_dim,
             self.n_items,
         );
@@ -447,16 +448,16 @@ impl MultiVae {
                     let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
                     let mut n_u = 0f32;
                     let mut picked = 0f64;
-                    for e in x.offsets[r]..x.offsets[r + 1] {
-                        n_u += x.values[e];
-                        picked += (x.values[e] * row[x.cols[e] as usize]) as f64;
+                    for e in x.offsets()[r]..x.offsets()[r + 1] {
+                        n_u += x.values()[e];
+                        picked += (x.values()[e] * row[x.cols()[e] as usize]) as f64;
                     }
                     // One exponential per entry: the row becomes exp(v - max), then is scaled.
-                    crate::kernels::exp_shifted(row, max);
+                    encore_nn::kernels::exp_shifted(row, max);
                     head[i] = (max, n_u, picked);
                 }
                 let mut sums = [0f32; G];
-                crate::kernels::ordered_row_sums(rows, n, &mut sums[..nr]);
+                encore_nn::kernels::ordered_row_sums(rows, n, &mut sums[..nr]);
                 rows.chunks_exact_mut(n)
                     .enumerate()
                     .map(|(i, row)| {
@@ -466,8 +467,8 @@ impl MultiVae {
                         for v in row.iter_mut() {
                             *v *= scale;
                         }
-                        for e in x.offsets[r]..x.offsets[r + 1] {
-                            row[x.cols[e] as usize] -= x.values[e] * inv_b;
+                        for e in x.offsets()[r]..x.offsets()[r + 1] {
+                            row[x.cols()[e] as usize] -= x.values()[e] * inv_b;
                         }
                         n_u as f64 * lse as f64 - picked
                     })
@@ -1082,7 +1083,7 @@ mod tests {
             .collect();
         let train = InteractionMatrix::from_rows(n_items as usize, &rows);
         let run = |threads: usize| {
-            crate::kernels::on_threads(threads, || {
+            encore_nn::on_threads(threads, || {
                 let mut m = MultiVae::new(MultiVaeConfig::recbole(), n_items as usize).unwrap();
                 let mut rng = ChaCha8Rng::seed_from_u64(5);
                 let users = train.nonempty_users();
@@ -1124,7 +1125,7 @@ mod tests {
             ..MultiVaeConfig::recbole()
         };
         let run = |threads: usize| {
-            crate::kernels::on_threads(threads, || {
+            encore_nn::on_threads(threads, || {
                 let mut m =
                     MultiVae::with_conditioning(cfg.clone(), n_items, Some(cond.clone())).unwrap();
                 let mut rng = ChaCha8Rng::seed_from_u64(5);

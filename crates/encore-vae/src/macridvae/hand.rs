@@ -1,4 +1,4 @@
-//! MacridVAE's forward and backward passes written by hand over [`crate::kernels`] (why: see
+//! MacridVAE's forward and backward passes written by hand over `encore_nn` (why: see
 //! that module; on ml-100k the burn graph took 4 s per `recbole` step, most of it in
 //! materialised `K x B x I` tensors and a gathered `K x nnz x hidden` first layer). The burn
 //! version (`MacridVae::loss`) stays as the reference the tests check this one against.
@@ -14,10 +14,8 @@ use rayon::prelude::*;
 use super::{MacridVae, Noise, Scratch, StepLoss};
 use crate::common::SparseBatch;
 use crate::conditioning;
-use crate::kernels::{
-    add_bias, col_sums, exp_scaled_accumulate, matmul, tanh_backward, tanh_inplace, transpose_into,
-    Csr, FacetCsr, Mat,
-};
+use encore_nn::kernels::{add_bias, col_sums, exp_scaled_accumulate, tanh_backward, tanh_inplace};
+use encore_nn::{matmul, transpose_into, Csr, FacetCsr, Mat};
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
 fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
@@ -275,13 +273,7 @@ impl MacridVae {
         for r in 0..b {
             offsets[r + 1] += offsets[r];
         }
-        let first = FacetCsr {
-            n_users: b,
-            n_facets: k,
-            offsets,
-            cols,
-            values: vals,
-        };
+        let first = FacetCsr::new(k, offsets, cols, vals);
         first.times_dense_into(&p[2].data, &p[3].data, &mut h);
         Front {
             items_n,
@@ -411,7 +403,7 @@ impl MacridVae {
     ) -> (f64, Vec<f32>, Vec<f32>, Vec<f32>) {
         let Dims {
             k, b, n, tau, de, ..
-        } = self.dims(xc.n_rows);
+        } = self.dims(xc.n_rows());
         let inv_tau = 1.0 / tau;
         let inv_b = 1.0 / b.max(1) as f32;
         let (c_all, items_n) = (&t.front.c, &t.front.items_n);
@@ -509,16 +501,16 @@ impl MacridVae {
                     let sum: f64 = row.iter().map(|&v| v as f64).sum();
                     let mut n_u = 0f32;
                     let mut picked = 0f64;
-                    let ents = xc.offsets[u0 + r]..xc.offsets[u0 + r + 1];
+                    let ents = xc.offsets()[u0 + r]..xc.offsets()[u0 + r + 1];
                     for e in ents.clone() {
-                        n_u += xc.values[e];
-                        picked += xc.values[e] as f64 * (row[xc.cols[e] as usize] as f64).ln();
+                        n_u += xc.values()[e];
+                        picked += xc.values()[e] as f64 * (row[xc.cols()[e] as usize] as f64).ln();
                     }
                     let a = (n_u as f64 / sum) as f32 * inv_b;
                     let grads: Vec<(usize, f32)> = ents
                         .map(|e| {
-                            let i = xc.cols[e] as usize;
-                            (i, xc.values[e] * inv_b / row[i])
+                            let i = xc.cols()[e] as usize;
+                            (i, xc.values()[e] * inv_b / row[i])
                         })
                         .collect();
                     row.iter_mut().for_each(|v| *v = a);
@@ -753,7 +745,7 @@ impl MacridVae {
         let (first, kept) = (&t.front.first, &t.front.kept);
         let entries = |r: usize| {
             let (f, u) = (r / b, r % b);
-            (first.offsets[u]..first.offsets[u + 1]).filter(move |&j| kept[j * k + f])
+            (first.offsets()[u]..first.offsets()[u + 1]).filter(move |&j| kept[j * k + f])
         };
         if self.config.whole_row_input {
             for r in 0..kb {
@@ -777,7 +769,7 @@ impl MacridVae {
                     dc[x.items[e] as usize * k + f] += x.values[e] * q / norm;
                 }
                 let s3 = s / (norm * norm * norm);
-                for e in xc.offsets[u]..xc.offsets[u + 1] {
+                for e in xc.offsets()[u]..xc.offsets()[u + 1] {
                     dc[x.items[e] as usize * k + f] -= x.values[e] * cval(e) * s3;
                 }
             }

@@ -1,143 +1,8 @@
-//! Dense and sparse kernels for the hand-written forward and backward passes.
-//!
-//! # Why by hand
-//!
-//! On ml-100k the `recbole` preset is one step of 943 users per epoch, about 2 GFLOP of matrix
-//! products. Built as a burn autodiff graph the step took 0.33-0.41 s on one core, five times
-//! the matrix-multiply bound: graph construction, per-op allocation, un-fused element-wise
-//! passes over `B x I` tensors (log-softmax alone is several), and a gather/scatter first
-//! layer with an `i64` index tensor. No crate offers a fused VAE step, so the layers are written
-//! here over `gemm` (the matrix-multiply crate burn-flex itself uses, already in the tree): the
-//! products go to `gemm`, everything else is one fused, row-parallel pass. Each hand-written
-//! backward is checked against burn's autodiff in the models' tests.
-//!
-//! # Determinism
-//!
-//! Every reduction has a fixed order that does not depend on the thread count: `gemm`
-//! parallelises over output blocks, never over the inner dimension (a test checks 1 vs 4
-//! threads bit for bit); row-wise passes are parallel over rows; the scatter-add of the
-//! first layer's weight gradient is parallel over items, each item summing its entries in
-//! batch order; bias gradients sum rows sequentially. MacridVAE's facet-grouped first layer
-//! ([`FacetCsr`]) is parallel over users (forward, value gradients) and over item ranges
-//! that each walk the users in batch order (weight gradient).
+//! Element-wise and sparse kernels: fast `exp`/`tanh`, row and column reductions in a fixed
+//! order, and the sparse first layers ([`Csr`], [`FacetCsr`]), with their instruction-set
+//! dispatch.
 
 use rayon::prelude::*;
-
-/// `gemm`'s parallelism for the current rayon pool (sequential on one thread).
-fn parallelism(flops: usize) -> gemm::Parallelism {
-    let t = rayon::current_num_threads();
-    // Below ~1 MFLOP the fork costs more than it saves.
-    if t > 1 && flops > 1 << 20 {
-        gemm::Parallelism::Rayon(t)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
-/// A row-major matrix operand: `rows x cols` stored in `data`, optionally used transposed.
-#[derive(Clone, Copy)]
-pub(crate) struct Mat<'a> {
-    pub data: &'a [f32],
-    pub rows: usize,
-    pub cols: usize,
-    pub trans: bool,
-}
-
-impl<'a> Mat<'a> {
-    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        debug_assert_eq!(data.len(), rows * cols);
-        Mat {
-            data,
-            rows,
-            cols,
-            trans: false,
-        }
-    }
-
-    pub fn t(self) -> Self {
-        Mat {
-            trans: !self.trans,
-            ..self
-        }
-    }
-
-    /// Shape as used (after the optional transpose).
-    fn shape(&self) -> (usize, usize) {
-        if self.trans {
-            (self.cols, self.rows)
-        } else {
-            (self.rows, self.cols)
-        }
-    }
-
-    /// (column stride, row stride) as used.
-    fn strides(&self) -> (isize, isize) {
-        if self.trans {
-            (self.cols as isize, 1)
-        } else {
-            (1, self.cols as isize)
-        }
-    }
-}
-
-/// `out = (accumulate ? out : 0) + a · b`, `out` row-major `[m, n]`.
-pub(crate) fn matmul(out: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
-    let (m, k) = a.shape();
-    let (k2, n) = b.shape();
-    assert_eq!(k, k2, "inner dimensions differ");
-    assert_eq!(out.len(), m * n, "output size");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            out.fill(0.0);
-        }
-        return;
-    }
-    let (a_cs, a_rs) = a.strides();
-    let (b_cs, b_rs) = b.strides();
-    // SAFETY: the pointers cover `m x k`, `k x n` and `m x n` elements with the given
-    // strides (checked by the shape assertions and `Mat::new`), and `out` does not alias the
-    // inputs (it is a unique borrow).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(2 * m * n * k),
-        );
-    }
-}
-
-/// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
-pub(crate) fn transpose_into(a: &[f32], r: usize, c: usize, out: &mut [f32]) {
-    assert_eq!(a.len(), r * c, "input size");
-    assert_eq!(out.len(), r * c, "output size");
-    if r == 0 || c == 0 {
-        return;
-    }
-    out.par_chunks_mut(r).enumerate().for_each(|(j, row)| {
-        for (i, v) in row.iter_mut().enumerate() {
-            *v = a[i * c + j];
-        }
-    });
-}
 
 /// `e^x` for `f32` in plain arithmetic (Cephes' `expf`: `x = n ln 2 + r`, a degree-6
 /// polynomial for `e^r`, `2^n` built in the exponent bits), so loops over slices vectorise;
@@ -146,7 +11,7 @@ pub(crate) fn transpose_into(a: &[f32], r: usize, c: usize, out: &mut [f32]) {
 /// against `f64::exp`); inputs are clamped to `[-87, 88]` (results `~1.6e-38 .. 1.7e38`,
 /// never 0 or infinite).
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without `round()`
     // (a libm call below SSE4.1).
@@ -169,17 +34,17 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `tanh(x) = 1 − 2 / (e^{2x} + 1)` over [`exp`] (absolute error below 3e-7; `f32::tanh` is a
 /// libm call per element).
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
+pub fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * x) + 1.0)
 }
 
 /// Rows per rayon task in row-wise passes (enough work per task to amortise the fork).
-pub(crate) fn row_chunk(cols: usize) -> usize {
+pub fn row_chunk(cols: usize) -> usize {
     (16_384 / cols.max(1)).max(1)
 }
 
 /// `y[r, :] += bias` for every row.
-pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
     let n = bias.len();
     y.par_chunks_mut(n * row_chunk(n)).for_each(|rows| {
         for row in rows.chunks_exact_mut(n) {
@@ -191,7 +56,7 @@ pub(crate) fn add_bias(y: &mut [f32], bias: &[f32]) {
 }
 
 /// `g *= 1 - a²` (the derivative of `tanh` at its output `a`).
-pub(crate) fn tanh_backward(g: &mut [f32], a: &[f32]) {
+pub fn tanh_backward(g: &mut [f32], a: &[f32]) {
     g.par_chunks_mut(16_384)
         .zip(a.par_chunks(16_384))
         .for_each(|(g, a)| {
@@ -205,7 +70,7 @@ pub(crate) fn tanh_backward(g: &mut [f32], a: &[f32]) {
 /// for the rows of a row-major `[rows, n]` block, into `out` (`rows` values). Four rows go
 /// side by side: a row's sum is one chain of dependent adds (four cycles each), so a single
 /// chain leaves the adders idle; four chains keep them busy without changing any row's order.
-pub(crate) fn ordered_row_sums(y: &[f32], n: usize, out: &mut [f32]) {
+pub fn ordered_row_sums(y: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(y.len(), n * out.len(), "rows and sums");
     if n == 0 {
         out.fill(0.0);
@@ -242,7 +107,7 @@ pub(crate) fn ordered_row_sums(y: &[f32], n: usize, out: &mut [f32]) {
 /// Column sums of a row-major `[rows, n]` matrix (rows summed in order).
 /// Ranges of columns run in parallel, each summing all rows in order, so every column gets
 /// the sequential sum whatever the number of threads.
-pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
+pub fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
     const COLS: usize = 64;
     let mut s = vec![0f32; n];
     if n == 0 {
@@ -257,17 +122,6 @@ pub(crate) fn col_sums(y: &[f32], n: usize) -> Vec<f32> {
         }
     });
     s
-}
-
-/// `f` on a fresh pool of `threads` rayon threads (the tests' check that results do not
-/// depend on the thread count).
-#[cfg(test)]
-pub(crate) fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("a thread pool")
-        .install(f)
 }
 
 /// `y += v · w` element by element (a multiply, then an add): the per-entry sums the
@@ -316,17 +170,99 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     dot_generic(a, b)
 }
 
+/// Panics unless `offsets` is a valid CSR offset array over `nnz` entries.
+fn check_offsets(offsets: &[usize], nnz: usize) {
+    assert!(
+        offsets.first() == Some(&0)
+            && offsets.last() == Some(&nnz)
+            && offsets.windows(2).all(|w| w[0] <= w[1]),
+        "CSR offsets must run from 0 to the entry count without decreasing"
+    );
+}
+
 /// A batch of sparse rows in CSR form.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Csr {
-    pub n_rows: usize,
+pub struct Csr {
+    n_rows: usize,
     /// Row `r`'s entries are `offsets[r]..offsets[r + 1]`.
-    pub offsets: Vec<usize>,
-    pub cols: Vec<u32>,
-    pub values: Vec<f32>,
+    offsets: Vec<usize>,
+    cols: Vec<u32>,
+    values: Vec<f32>,
 }
 
 impl Csr {
+    /// Rows `0..offsets.len() - 1`; row `r`'s entries are `offsets[r]..offsets[r + 1]` of
+    /// `cols` and `values`. Panics unless `offsets` starts at 0, never decreases and ends at
+    /// the number of entries (a programming error: the callers build it from a matrix).
+    pub fn new(offsets: Vec<usize>, cols: Vec<u32>, values: Vec<f32>) -> Self {
+        check_offsets(&offsets, cols.len());
+        assert_eq!(cols.len(), values.len(), "one value per entry");
+        Csr {
+            n_rows: offsets.len() - 1,
+            offsets,
+            cols,
+            values,
+        }
+    }
+
+    /// Rows in the batch.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+
+    /// Row `r`'s entries are `offsets()[r]..offsets()[r + 1]`.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// The column of each entry.
+    pub fn cols(&self) -> &[u32] {
+        &self.cols
+    }
+
+    /// The value of each entry.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The values, to rescale in place (the pattern stays).
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        &mut self.values
+    }
+
+    /// Inverted dropout on the entries: each is kept with probability `1 − p` and scaled by
+    /// `1 / (1 − p)`; dropped entries are removed (they would contribute zero, so this is
+    /// dropout on the dense rows). One draw per entry in entry order (`rng.random::<f64>() >=
+    /// p` keeps it); `p <= 0` copies the batch without drawing.
+    pub fn dropped_out(&self, p: f64, rng: &mut impl rand::Rng) -> Csr {
+        if p <= 0.0 {
+            return self.clone();
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        let mut offsets = Vec::with_capacity(self.n_rows + 1);
+        offsets.push(0);
+        let (mut cols, mut values) = (Vec::new(), Vec::new());
+        for r in 0..self.n_rows {
+            for e in self.offsets[r]..self.offsets[r + 1] {
+                if rng.random::<f64>() >= p {
+                    cols.push(self.cols[e]);
+                    values.push(self.values[e] * scale);
+                }
+            }
+            offsets.push(cols.len());
+        }
+        Csr::new(offsets, cols, values)
+    }
+
+    /// Row `r`'s entries as `(column, value)` pairs.
+    pub fn row(&self, r: usize) -> impl Iterator<Item = (u32, f32)> + '_ {
+        let e = self.offsets[r]..self.offsets[r + 1];
+        self.cols[e.clone()]
+            .iter()
+            .copied()
+            .zip(self.values[e].iter().copied())
+    }
+
     pub fn nnz(&self) -> usize {
         self.cols.len()
     }
@@ -593,7 +529,7 @@ macro_rules! per_isa {
 }
 
 /// `tanh` in place.
-pub(crate) fn tanh_inplace(y: &mut [f32]) {
+pub fn tanh_inplace(y: &mut [f32]) {
     let isa = Isa::detect();
     y.par_chunks_mut(16_384).for_each(|c| tanh_slice(isa, c));
 }
@@ -654,13 +590,13 @@ per_isa! {
 /// `v = e^(v − shift)` for every element of `y`, in the widest instructions this CPU has
 /// (the same bits on all: [`exp`] is plain multiplies and adds). Sequential: callers run it
 /// on one row inside their own parallel loop.
-pub(crate) fn exp_shifted(y: &mut [f32], shift: f32) {
+pub fn exp_shifted(y: &mut [f32], shift: f32) {
     exp_shifted_slice(Isa::detect(), y, shift);
 }
 
 /// MacridVAE's decoder pass over rows of `n`: `q = e^(q · s)` in place and `p += q ⊙ c`,
 /// with `c` one value per column; rows in parallel, the widest instructions this CPU has.
-pub(crate) fn exp_scaled_accumulate(q: &mut [f32], p: &mut [f32], c: &[f32], s: f32) {
+pub fn exp_scaled_accumulate(q: &mut [f32], p: &mut [f32], c: &[f32], s: f32) {
     let n = c.len();
     assert_eq!(q.len(), p.len(), "q and p sizes");
     if n == 0 {
@@ -730,17 +666,56 @@ per_isa! {
 /// user `u`'s facet `f`. Every output element is summed in a fixed order that does not
 /// depend on the thread count (nor on the instruction set).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct FacetCsr {
-    pub n_users: usize,
-    pub n_facets: usize,
+pub struct FacetCsr {
+    n_users: usize,
+    n_facets: usize,
     /// User `u`'s entries are `offsets[u]..offsets[u + 1]`.
-    pub offsets: Vec<usize>,
-    pub cols: Vec<u32>,
+    offsets: Vec<usize>,
+    cols: Vec<u32>,
     /// `[nnz, K]`: entry `e`'s value in facet `f` is `values[e * K + f]`.
-    pub values: Vec<f32>,
+    values: Vec<f32>,
 }
 
 impl FacetCsr {
+    /// Users `0..offsets.len() - 1` with `n_facets` values per entry (`values[e * K + f]`).
+    /// Panics on inconsistent sizes (a programming error), as [`Csr::new`].
+    pub fn new(n_facets: usize, offsets: Vec<usize>, cols: Vec<u32>, values: Vec<f32>) -> Self {
+        check_offsets(&offsets, cols.len());
+        assert_eq!(cols.len() * n_facets, values.len(), "K values per entry");
+        FacetCsr {
+            n_users: offsets.len() - 1,
+            n_facets,
+            offsets,
+            cols,
+            values,
+        }
+    }
+
+    /// Users in the batch.
+    pub fn n_users(&self) -> usize {
+        self.n_users
+    }
+
+    /// Facets (values per entry).
+    pub fn n_facets(&self) -> usize {
+        self.n_facets
+    }
+
+    /// User `u`'s entries are `offsets()[u]..offsets()[u + 1]`.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// The column of each entry.
+    pub fn cols(&self) -> &[u32] {
+        &self.cols
+    }
+
+    /// `[nnz, K]`: entry `e`'s value in facet `f` is `values()[e * K + f]`.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
     pub fn nnz(&self) -> usize {
         self.cols.len()
     }
@@ -1086,74 +1061,7 @@ fn sum_lanes(s: &[[f32; LANES]; 4]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-        let mut c = vec![0f32; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                for p in 0..k {
-                    c[i * n + j] += a[i * k + p] * b[p * n + j];
-                }
-            }
-        }
-        c
-    }
-
-    #[test]
-    fn matmul_with_transposes_matches_naive() {
-        let (m, k, n) = (5, 7, 3);
-        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
-        let want = naive(&a, &b, m, k, n);
-        let mut at = vec![0f32; m * k];
-        transpose_into(&a, m, k, &mut at);
-        let mut bt = vec![0f32; k * n];
-        transpose_into(&b, k, n, &mut bt);
-        for (am, bm) in [
-            (Mat::new(&a, m, k), Mat::new(&b, k, n)),
-            (Mat::new(&at, k, m).t(), Mat::new(&b, k, n)),
-            (Mat::new(&a, m, k), Mat::new(&bt, n, k).t()),
-            (Mat::new(&at, k, m).t(), Mat::new(&bt, n, k).t()),
-        ] {
-            let mut c = vec![9f32; m * n];
-            matmul(&mut c, am, bm, false);
-            for (x, y) in c.iter().zip(&want) {
-                assert!((x - y).abs() < 1e-5);
-            }
-            matmul(&mut c, am, bm, true);
-            for (x, y) in c.iter().zip(&want) {
-                assert!((x - 2.0 * y).abs() < 1e-5);
-            }
-        }
-    }
-
-    /// `gemm` must not split the inner dimension across threads: the same product on 1 and 4
-    /// threads is identical bit for bit (at a size where it does go parallel).
-    #[test]
-    fn matmul_is_thread_count_independent() {
-        let (m, k, n) = (300, 700, 500);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
-            .collect();
-        let run = |threads: usize| {
-            crate::kernels::on_threads(threads, || {
-                let mut c = vec![0f32; m * n];
-                matmul(
-                    &mut c,
-                    Mat::new(&a, m, k),
-                    Mat::new(&b, k, n).t().t(),
-                    false,
-                );
-                let mut d = vec![0f32; k * n];
-                matmul(&mut d, Mat::new(&a, m, k).t(), Mat::new(&c, m, n), false);
-                (c, d)
-            })
-        };
-        assert_eq!(run(1), run(4));
-    }
+    use crate::on_threads;
 
     #[test]
     fn fast_exp_and_tanh_are_accurate() {
@@ -1325,7 +1233,7 @@ mod tests {
                 }
             }
             for threads in 1..=3 {
-                let (y, dw) = crate::kernels::on_threads(threads, || {
+                let (y, dw) = crate::on_threads(threads, || {
                     (x.times_dense(&w, &bias), x.transpose_times(&g, out, n_cols))
                 });
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -1519,7 +1427,7 @@ mod tests {
         let bias = rng.vec(out);
         let g = rng.vec(k * b * out);
         let run = |threads: usize| {
-            crate::kernels::on_threads(threads, || {
+            crate::on_threads(threads, || {
                 (
                     x.times_dense(&w, &bias),
                     x.transpose_times(&g, out, n_cols),
