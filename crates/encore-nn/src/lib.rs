@@ -24,10 +24,14 @@
 //! that each walk the users in batch order (weight gradient).
 
 pub mod kernels;
+pub mod layers;
 pub mod matmul;
+pub mod params;
 
 pub use kernels::{Csr, FacetCsr};
+pub use layers::{Activation, Dense, Dropout, Mlp, MlpTrace, Side, SparseDense};
 pub use matmul::{matmul, matmul_on, transpose_into, Mat, Scalar, Threads};
+pub use params::{Grads, ParamId, ParamStore};
 
 /// `f` on a fresh pool of `threads` rayon threads (the tests' check that results do not
 /// depend on the thread count).
