@@ -69,7 +69,10 @@ impl<'a> Side<'a> {
 
 /// `y = f(a W[..inputs] + s W[inputs..] + b)`: a dense layer whose weight `[inputs + side,
 /// outputs]` has its side-input rows last. The side input is data (no gradient flows to it),
-/// so its product is one `[b, side] x [side, outputs]` product per batch whatever `repeats`.
+/// so its product is one `[b, side] x [side, outputs]` product per batch whatever `repeats`,
+/// made into its own buffer and added: accumulated by `gemm` into the main product it would
+/// round differently for one row than for many, and scoring one user (fold-in) must equal
+/// scoring a batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dense {
     pub weight: ParamId,
@@ -327,6 +330,12 @@ impl MlpTrace {
     pub fn input(&self, l: usize) -> &[f32] {
         &self.inputs[l]
     }
+
+    /// Take the input of layer `l` out of the trace (to reuse its buffer once the backward
+    /// pass is done).
+    pub fn take_input(&mut self, l: usize) -> Vec<f32> {
+        std::mem::take(&mut self.inputs[l])
+    }
 }
 
 impl Mlp {
@@ -393,6 +402,7 @@ impl Mlp {
     /// The backward pass: `out` is the last layer's output (read only when it has an
     /// activation), `dy` the gradient with respect to it (overwritten). Returns the gradient
     /// with respect to the MLP's input.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         store: &ParamStore,
@@ -403,24 +413,38 @@ impl Mlp {
         rows: usize,
         grads: &mut Grads,
     ) -> Vec<f32> {
+        let mut dx = Vec::new();
+        self.backward_into(store, trace, out, dy, side, rows, grads, &mut dx);
+        dx
+    }
+
+    /// [`Mlp::backward`] with the input gradient written into `dx` (resized; a buffer kept
+    /// between steps saves faulting in fresh pages for a large batch).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into(
+        &self,
+        store: &ParamStore,
+        trace: &MlpTrace,
+        out: &[f32],
+        dy: Vec<f32>,
+        side: Option<Side<'_>>,
+        rows: usize,
+        grads: &mut Grads,
+        dx: &mut Vec<f32>,
+    ) {
         let mut dy = dy;
         let n = self.layers.len();
         for l in (0..n).rev() {
             let y: &[f32] = if l + 1 < n { &trace.inputs[l + 1] } else { out };
-            let mut da = Vec::new();
-            self.layers[l].backward(
-                store,
-                &trace.inputs[l],
-                y,
-                &mut dy,
-                side,
-                rows,
-                grads,
-                &mut da,
-            );
-            dy = da;
+            let a = &trace.inputs[l];
+            if l == 0 {
+                self.layers[l].backward(store, a, y, &mut dy, side, rows, grads, dx);
+            } else {
+                let mut da = Vec::new();
+                self.layers[l].backward(store, a, y, &mut dy, side, rows, grads, &mut da);
+                dy = da;
+            }
         }
-        dy
     }
 }
 

@@ -24,6 +24,9 @@ use std::path::Path;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use encore_core::ModelError;
 use encore_data::InteractionMatrix;
+#[cfg(test)]
+use encore_nn::ParamId;
+use encore_nn::{Grads, ParamStore};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -35,81 +38,37 @@ pub(crate) fn cpu() -> Device {
     Device::flex()
 }
 
-/// One named parameter tensor (row-major).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Param {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+#[cfg(test)]
+/// Tensor `id` of `store` on `device` (tracked when `device` has autodiff): the burn
+/// reference's view of a parameter.
+pub(crate) fn param_tensor<const D: usize>(
+    store: &ParamStore,
+    id: ParamId,
+    device: &Device,
+) -> Tensor<D> {
+    let t = Tensor::<D>::from_data(
+        TensorData::new(store.get(id).to_vec(), store.shape(id).to_vec()),
+        device,
+    );
+    if device.is_autodiff() {
+        t.require_grad()
+    } else {
+        t
+    }
 }
 
-/// A model's parameters in a fixed order.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub(crate) struct Params {
-    pub list: Vec<Param>,
-}
-
-impl Params {
-    pub fn push(&mut self, name: &str, shape: Vec<usize>, data: Vec<f32>) {
-        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        self.list.push(Param {
-            name: name.to_string(),
-            shape,
-            data,
-        });
-    }
-
-    #[cfg(test)]
-    /// The tensor of parameter `i` on `device` (tracked when `device` has autodiff).
-    pub fn tensor<const D: usize>(&self, i: usize, device: &Device) -> Tensor<D> {
-        let p = &self.list[i];
-        let t = Tensor::<D>::from_data(TensorData::new(p.data.clone(), p.shape.clone()), device);
-        if device.is_autodiff() {
-            t.require_grad()
-        } else {
-            t
-        }
-    }
-
-    /// Write the parameters as a safetensors file (`prefix` + name for every tensor).
-    pub fn to_safetensors(&self, prefix: &str) -> Vec<(String, Vec<usize>, &[f32])> {
-        self.list
-            .iter()
-            .map(|p| {
-                (
-                    format!("{prefix}{}", p.name),
-                    p.shape.clone(),
-                    p.data.as_slice(),
-                )
-            })
-            .collect()
-    }
-
-    /// Fill every parameter from `tensors` (`prefix` + name), checking shapes.
-    pub fn fill_from(
-        &mut self,
-        tensors: &NamedTensors,
-        prefix: &str,
-        path: &Path,
-    ) -> Result<(), ModelError> {
-        for p in &mut self.list {
-            let key = format!("{prefix}{}", p.name);
-            let (shape, data) = tensors
-                .get(&key)
-                .ok_or_else(|| ModelError::format(path, format!("missing tensor `{key}`")))?;
-            if *shape != p.shape {
-                return Err(ModelError::format(
-                    path,
-                    format!(
-                        "tensor `{key}` has shape {shape:?}, the configuration needs {:?}",
-                        p.shape
-                    ),
-                ));
-            }
-            p.data.clone_from(data);
-        }
-        Ok(())
-    }
+/// Fill `values` (laid out as `store`) from the tensors of the safetensors file at `path`
+/// (`prefix` + name), naming the file and tensor on a missing tensor or a shape mismatch.
+pub(crate) fn fill_from(
+    store: &ParamStore,
+    values: &mut [f32],
+    tensors: &NamedTensors,
+    prefix: &str,
+    path: &Path,
+) -> Result<(), ModelError> {
+    store
+        .fill(values, tensors, prefix)
+        .map_err(|e| ModelError::format(path, e))
 }
 
 /// Named tensors read from a safetensors file: name -> (shape, values).
@@ -117,7 +76,8 @@ pub(crate) type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Adam (Kingma & Ba 2015) as PyTorch implements it (`eps` added to the bias-corrected
 /// `sqrt(v)`), no weight decay: the optimiser of both references (Liang et al. use
-/// TensorFlow's Adam, whose epsilon placement differs by a negligible amount).
+/// TensorFlow's Adam, whose epsilon placement differs by a negligible amount). The moments
+/// are laid out as the model's [`ParamStore`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Adam {
     pub lr: f64,
@@ -126,36 +86,25 @@ pub(crate) struct Adam {
     pub eps: f64,
     /// Steps taken.
     pub t: u64,
-    pub m: Params,
-    pub v: Params,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
 }
 
 impl Adam {
-    pub fn new(params: &Params, lr: f64) -> Self {
-        let zeros = Params {
-            list: params
-                .list
-                .iter()
-                .map(|p| Param {
-                    name: p.name.clone(),
-                    shape: p.shape.clone(),
-                    data: vec![0.0; p.data.len()],
-                })
-                .collect(),
-        };
+    pub fn new(params: &ParamStore, lr: f64) -> Self {
         Adam {
             lr,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             t: 0,
-            m: zeros.clone(),
-            v: zeros,
+            m: vec![0.0; params.n_values()],
+            v: vec![0.0; params.n_values()],
         }
     }
 
-    /// One update of `params` with `grads` (same order and sizes; `None` = zero gradient).
-    pub fn step(&mut self, params: &mut Params, grads: &[Option<Vec<f32>>]) {
+    /// One update of `params` with `grads` (laid out as `params`).
+    pub fn step(&mut self, params: &mut ParamStore, grads: &Grads) {
         use rayon::prelude::*;
         self.t += 1;
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
@@ -164,47 +113,40 @@ impl Adam {
         let step = (self.lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let eps = self.eps as f32;
-        for (((p, m), v), g) in params
-            .list
-            .iter_mut()
-            .zip(&mut self.m.list)
-            .zip(&mut self.v.list)
-            .zip(grads)
-        {
-            let zero;
-            let g: &[f32] = match g {
-                Some(g) => g,
-                None => {
-                    zero = vec![0.0; p.data.len()];
-                    &zero
+        // Element-wise, so the chunking cannot change the result.
+        params
+            .values_mut()
+            .par_chunks_mut(1 << 14)
+            .zip(self.m.par_chunks_mut(1 << 14))
+            .zip(self.v.par_chunks_mut(1 << 14))
+            .zip(grads.values().par_chunks(1 << 14))
+            .for_each(|(((p, m), v), g)| {
+                for j in 0..p.len() {
+                    m[j] = b1 * m[j] + (1.0 - b1) * g[j];
+                    v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
+                    p[j] -= step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
                 }
-            };
-            // Element-wise, so the chunking cannot change the result.
-            p.data
-                .par_chunks_mut(1 << 14)
-                .zip(m.data.par_chunks_mut(1 << 14))
-                .zip(v.data.par_chunks_mut(1 << 14))
-                .zip(g.par_chunks(1 << 14))
-                .for_each(|(((p, m), v), g)| {
-                    for j in 0..p.len() {
-                        m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                        v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                        p[j] -= step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
-                    }
-                });
-        }
+            });
     }
 
     /// The moments as safetensors entries (`adam.m.<name>`, `adam.v.<name>`).
-    pub fn to_safetensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
-        let mut out = self.m.to_safetensors("adam.m.");
-        out.extend(self.v.to_safetensors("adam.v."));
+    pub fn to_safetensors<'a>(
+        &'a self,
+        params: &'a ParamStore,
+    ) -> Vec<(String, Vec<usize>, &'a [f32])> {
+        let mut out = params.named("adam.m.", &self.m);
+        out.extend(params.named("adam.v.", &self.v));
         out
     }
 
-    pub fn fill_from(&mut self, tensors: &NamedTensors, path: &Path) -> Result<(), ModelError> {
-        self.m.fill_from(tensors, "adam.m.", path)?;
-        self.v.fill_from(tensors, "adam.v.", path)
+    pub fn fill_from(
+        &mut self,
+        params: &ParamStore,
+        tensors: &NamedTensors,
+        path: &Path,
+    ) -> Result<(), ModelError> {
+        fill_from(params, &mut self.m, tensors, "adam.m.", path)?;
+        fill_from(params, &mut self.v, tensors, "adam.v.", path)
     }
 }
 
@@ -560,14 +502,18 @@ pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<(usize, toml::Table), 
     Ok((n_items, table))
 }
 
+/// A step's named loss parts (`("loss", ..)`, `("recon", ..)`, ...): a model adds a term
+/// (a diffusion loss, say) by adding a name, and the epoch's log gains its mean.
+pub(crate) type LossParts = Vec<(&'static str, f64)>;
+
 /// One training epoch shared by both VAEs: users shuffled by the trainer's stream, cut into
-/// batches of `batch_size`, one `step` per batch (returning loss, reconstruction, KL and the KL
-/// weight), the progress bar advanced per batch; the loss parts are means over batches.
+/// batches of `batch_size`, one `step` per batch (returning its named loss parts), the
+/// progress bar advanced per batch; each part is its mean over the batches.
 pub(crate) fn run_epoch(
     ctx: encore_core::EpochContext<'_>,
     n_items: usize,
     batch_size: usize,
-    mut step: impl FnMut(&InteractionMatrix, &[u32], &mut ChaCha8Rng) -> [f64; 4],
+    mut step: impl FnMut(&InteractionMatrix, &[u32], &mut ChaCha8Rng) -> LossParts,
 ) -> Result<BTreeMap<String, f64>, ModelError> {
     if ctx.train.n_items() != n_items {
         return Err(ModelError::Input(format!(
@@ -577,31 +523,32 @@ pub(crate) fn run_epoch(
         )));
     }
     let users = shuffled_users(ctx.train, ctx.rng);
-    let mut sums = [0f64; 4];
+    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
     let mut n = 0usize;
     for batch in users.chunks(batch_size) {
-        for (acc, v) in sums.iter_mut().zip(step(ctx.train, batch, ctx.rng)) {
-            *acc += v;
+        for (name, v) in step(ctx.train, batch, ctx.rng) {
+            *sums.entry(name.to_string()).or_insert(0.0) += v;
         }
         n += 1;
         (ctx.progress)(batch.len() as u64);
     }
     let n = n.max(1) as f64;
-    Ok(["loss", "recon", "kl", "beta"]
-        .iter()
-        .zip(sums)
-        .map(|(k, v)| (k.to_string(), v / n))
-        .collect())
+    Ok(sums.into_iter().map(|(k, v)| (k, v / n)).collect())
 }
 
 /// Write the optimizer moments and the counters (Adam steps, KL-annealing updates) of a
 /// training checkpoint beside the weights.
 pub(crate) fn save_training_extras(
     dir: &Path,
+    params: &ParamStore,
     adam: &Adam,
     updates: u64,
 ) -> Result<(), ModelError> {
-    encore_io::write_f32_tensors(&dir.join("adam.safetensors"), &adam.to_safetensors(), None)?;
+    encore_io::write_f32_tensors(
+        &dir.join("adam.safetensors"),
+        &adam.to_safetensors(params),
+        None,
+    )?;
     let counters = TrainCounters {
         adam_steps: adam.t,
         updates,
@@ -613,9 +560,13 @@ pub(crate) fn save_training_extras(
 }
 
 /// Read back what [`save_training_extras`] wrote into `adam`; returns the update counter.
-pub(crate) fn load_training_extras(dir: &Path, adam: &mut Adam) -> Result<u64, ModelError> {
+pub(crate) fn load_training_extras(
+    dir: &Path,
+    params: &ParamStore,
+    adam: &mut Adam,
+) -> Result<u64, ModelError> {
     let path = dir.join("adam.safetensors");
-    adam.fill_from(&encore_io::read_f32_tensors(&path)?.map, &path)?;
+    adam.fill_from(params, &encore_io::read_f32_tensors(&path)?.map, &path)?;
     let cpath = dir.join("counters.json");
     let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
     let c: TrainCounters = serde_json::from_str(&text)
@@ -767,11 +718,13 @@ mod tests {
     /// (bias-corrected `m / sqrt(v) = g / |g|`).
     #[test]
     fn adam_first_step_is_lr_times_sign() {
-        let mut p = Params::default();
-        p.push("w", vec![3], vec![1.0, 1.0, 1.0]);
+        let mut p = ParamStore::new();
+        let id = p.add("w", vec![3], vec![1.0, 1.0, 1.0]);
         let mut adam = Adam::new(&p, 0.1);
-        adam.step(&mut p, &[Some(vec![2.0, -0.5, 0.0])]);
-        let w = &p.list[0].data;
+        let mut g = p.zero_grads();
+        g.set(id, &[2.0, -0.5, 0.0]);
+        adam.step(&mut p, &g);
+        let w = p.get(id);
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6 && w[2] == 1.0);
         assert_eq!(adam.t, 1);
     }

@@ -90,22 +90,6 @@ pub(crate) fn prepare_model(
     Ok(width(kind, cond_dim))
 }
 
-/// `c · W_c` for a batch of conditioning vectors `c` (`[b, cr]`) and the conditioning rows
-/// `W_c` (`[cr, o]`) of a layer's weight, into its own buffer (`[b, o]`): the caller adds it
-/// to the layer's `h · W_h`. Kept separate rather than accumulated by `gemm` into the main
-/// product, which rounds differently for one row than for many; fold-in (one row) must equal
-/// batch scoring.
-pub(crate) fn cond_product(c: &[f32], w_c: &[f32], b: usize, cr: usize, o: usize) -> Vec<f32> {
-    let mut yc = vec![0f32; b * o];
-    encore_nn::matmul(
-        &mut yc,
-        encore_nn::Mat::new(c, b, cr),
-        encore_nn::Mat::new(w_c, cr, o),
-        false,
-    );
-    yc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

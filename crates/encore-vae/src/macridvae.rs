@@ -72,12 +72,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
-    Adam, Init, Params, SparseBatch,
+    Adam, Init, SparseBatch,
 };
 #[cfg(test)]
-use crate::common::{cpu, float_tensor, int_tensor, l2_normalise_rows, linear, to_vec};
+use crate::common::{
+    cpu, float_tensor, int_tensor, l2_normalise_rows, linear, param_tensor, to_vec,
+};
 use crate::conditioning::{self, Conditioning, ConditioningKind};
 use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
+use encore_nn::{Activation, Dense, Mlp, ParamId, ParamStore};
 
 /// MacridVAE's configuration (see the module documentation for the two presets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,7 +238,8 @@ mod hand;
 pub struct MacridVae {
     config: MacridVaeConfig,
     n_items: usize,
-    params: Params,
+    params: ParamStore,
+    net: Net,
     adam: Adam,
     updates: u64,
     /// The item features `c_u` is computed from (MacridVAE-C); `None` for `none`.
@@ -277,6 +281,22 @@ impl std::fmt::Debug for Scratch {
     }
 }
 
+/// MacridVAE's parameters by role: the item and prototype embeddings, the facet-grouped first
+/// layer `encoder.0` (model-specific: its input values depend on the assignments, see
+/// `hand.rs`) and the shared encoder's remaining layers.
+#[derive(Debug, Clone, PartialEq)]
+struct Net {
+    items: ParamId,
+    cores: ParamId,
+    first_w: ParamId,
+    first_b: ParamId,
+    /// The first layer's width.
+    hidden: usize,
+    /// `encoder.1` ... (`tanh` between layers, linear `[μ | log σ²]` output; MacridVAE-C's
+    /// last layer has `cond_dim` side-input rows).
+    encoder: Mlp,
+}
+
 /// Parameter tensors of one forward pass on burn (the reference in the tests).
 #[cfg(test)]
 struct Weights {
@@ -288,16 +308,19 @@ struct Weights {
 
 #[cfg(test)]
 impl Weights {
-    fn new(params: &Params, device: &Device) -> Self {
-        let n = (params.list.len() - 2) / 2;
+    /// The tensors in registration order: embeddings, then weight and bias per layer.
+    fn new(params: &ParamStore, device: &Device) -> Self {
+        let ids: Vec<_> = params.ids().collect();
         Weights {
-            items: params.tensor::<2>(0, device),
-            cores: params.tensor::<2>(1, device),
-            ws: (0..n)
-                .map(|l| params.tensor::<2>(2 + 2 * l, device))
+            items: param_tensor::<2>(params, ids[0], device),
+            cores: param_tensor::<2>(params, ids[1], device),
+            ws: ids[2..]
+                .chunks(2)
+                .map(|wb| param_tensor::<2>(params, wb[0], device))
                 .collect(),
-            bs: (0..n)
-                .map(|l| params.tensor::<1>(3 + 2 * l, device))
+            bs: ids[2..]
+                .chunks(2)
+                .map(|wb| param_tensor::<1>(params, wb[1], device))
                 .collect(),
         }
     }
@@ -360,13 +383,14 @@ impl MacridVae {
         let mut rng = ChaCha8Rng::seed_from_u64(config.init_seed);
         let (k, d) = (config.n_facets, config.latent_dim);
         let de = d + cd;
-        let mut params = Params::default();
-        params.push(
+        let mut params = ParamStore::new();
+        // Registered (and drawn from `rng`) in file order, weight before bias.
+        let items = params.add(
             "item_embedding",
             vec![n_items, de],
             xavier(&mut rng, de, n_items, config.init),
         );
-        params.push(
+        let cores = params.add(
             "k_embedding",
             vec![k, de],
             xavier(&mut rng, de, k, config.init),
@@ -374,25 +398,58 @@ impl MacridVae {
         let mut dims = vec![n_items];
         dims.extend(&config.hidden_dims);
         dims.push(2 * d);
-        for l in 0..dims.len() - 1 {
-            let extra = if l == dims.len() - 2 { cd } else { 0 };
-            let (i, o) = (dims[l] + extra, dims[l + 1]);
-            params.push(
-                &format!("encoder.{l}.weight"),
-                vec![i, o],
-                xavier(&mut rng, i, o, config.init),
-            );
-            params.push(
-                &format!("encoder.{l}.bias"),
-                vec![o],
-                bias(&mut rng, o, config.bias_init_std),
-            );
-        }
+        // `check` guarantees a hidden layer, so the first layer is never the conditioned one.
+        let n_enc = dims.len() - 1;
+        debug_assert!(n_enc >= 2);
+        let hidden = dims[1];
+        let first_w = params.add(
+            "encoder.0.weight",
+            vec![n_items, hidden],
+            xavier(&mut rng, n_items, hidden, config.init),
+        );
+        let first_b = params.add(
+            "encoder.0.bias",
+            vec![hidden],
+            bias(&mut rng, hidden, config.bias_init_std),
+        );
+        let encoder = Mlp::new(
+            (1..n_enc)
+                .map(|l| {
+                    let last = l == n_enc - 1;
+                    let side = if last { cd } else { 0 };
+                    let (i, o) = (dims[l] + side, dims[l + 1]);
+                    let w = xavier(&mut rng, i, o, config.init);
+                    let b = bias(&mut rng, o, config.bias_init_std);
+                    let f = if last {
+                        Activation::Identity
+                    } else {
+                        Activation::Tanh
+                    };
+                    Dense::new(
+                        &mut params,
+                        &format!("encoder.{l}"),
+                        (dims[l], side, o),
+                        f,
+                        w,
+                        b,
+                    )
+                })
+                .collect(),
+        );
+        let net = Net {
+            items,
+            cores,
+            first_w,
+            first_b,
+            hidden,
+            encoder,
+        };
         let adam = Adam::new(&params, config.lr);
         Ok(MacridVae {
             config,
             n_items,
             params,
+            net,
             adam,
             updates: 0,
             cond,
@@ -416,7 +473,9 @@ impl MacridVae {
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
         let tensors = encore_io::read_f32_tensors(&path)?.map;
-        model.params.fill_from(&tensors, "", &path)?;
+        let mut values = vec![0f32; model.params.n_values()];
+        common::fill_from(&model.params, &mut values, &tensors, "", &path)?;
+        model.params.values_mut().copy_from_slice(&values);
         Ok(model)
     }
 
@@ -765,7 +824,7 @@ impl Recommender for MacridVae {
         write_meta(dir, self.name(), self.n_items, &cfg)?;
         encore_io::write_f32_tensors(
             &dir.join("model.safetensors"),
-            &self.params.to_safetensors(""),
+            &self.params.named("", self.params.values()),
             None,
         )?;
         match &self.cond {
@@ -779,14 +838,13 @@ impl Trainable for MacridVae {
     fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
         let (n_items, batch_size) = (self.n_items, self.config.batch_size);
         common::run_epoch(ctx, n_items, batch_size, |train, batch, rng| {
-            let s = self.step(train, batch, rng);
-            [s.loss, s.recon, s.kl, s.beta]
+            self.step(train, batch, rng).parts()
         })
     }
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         self.save(dir)?;
-        common::save_training_extras(dir, &self.adam, self.updates)
+        common::save_training_extras(dir, &self.params, &self.adam, self.updates)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
@@ -804,7 +862,7 @@ impl Trainable for MacridVae {
             ));
         }
         self.params = loaded.params;
-        self.updates = common::load_training_extras(dir, &mut self.adam)?;
+        self.updates = common::load_training_extras(dir, &self.params, &mut self.adam)?;
         Ok(())
     }
 }
@@ -869,8 +927,9 @@ mod tests {
                 ..tiny(preset)
             };
             let mut m = MacridVae::new(cfg, 6).unwrap();
-            let first = m.params.list[0].data[..3].to_vec();
-            for row in m.params.list[0].data.chunks_mut(3) {
+            let items = m.net.items;
+            let first = m.params.get(items)[..3].to_vec();
+            for row in m.params.get_mut(items).chunks_mut(3) {
                 row.copy_from_slice(&first);
             }
             let x = SparseBatch::from_users(&tiny_matrix(), &[0, 1, 4]);
@@ -891,9 +950,16 @@ mod tests {
     fn kl_on_a_hand_made_case() {
         let mut m = MacridVae::new(tiny(MacridVaeConfig::original()), 6).unwrap();
         // Last layer: zero weights, bias [μ part = 1, h part = ln 2].
-        let n = m.params.list.len();
-        m.params.list[n - 2].data.iter_mut().for_each(|v| *v = 0.0);
-        m.params.list[n - 1].data = vec![1.0, 1.0, 1.0, 2f32.ln(), 2f32.ln(), 2f32.ln()];
+        let last = m.net.encoder.layers().last().unwrap().clone();
+        m.params.get_mut(last.weight).fill(0.0);
+        m.params.get_mut(last.bias).copy_from_slice(&[
+            1.0,
+            1.0,
+            1.0,
+            2f32.ln(),
+            2f32.ln(),
+            2f32.ln(),
+        ]);
         let x = SparseBatch::from_users(&tiny_matrix(), &[0]);
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let noise = m.draw_noise(&x, &mut rng);
@@ -960,17 +1026,16 @@ mod tests {
             assert!((parts.recon - to_vec(recon.clone())[0] as f64).abs() < 1e-4);
             assert!((parts.kl - to_vec(kl.clone())[0] as f64).abs() < 1e-4);
             assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
-            for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
-                let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
-                assert_eq!(g.len(), w.len(), "{}", p.name);
+            for (id, w) in m.params.ids().zip(&want) {
+                let (g, w, name) = (grads.get(id), w.as_ref().unwrap(), m.params.name(id));
+                assert_eq!(g.len(), w.len(), "{name}");
                 for (a, b) in g.iter().zip(w) {
                     assert!(
                         (a - b).abs() < 2e-5 + 1e-3 * b.abs(),
-                        "{} (blocks of {block_users:?}): {a} vs {b}",
-                        p.name
+                        "{name} (blocks of {block_users:?}): {a} vs {b}"
                     );
                 }
-                assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
+                assert!(g.iter().any(|&v| v != 0.0), "{name}");
             }
         }
         // Scores: the hand-written logits against the reference's.
@@ -1038,8 +1103,8 @@ mod tests {
                     ..backward_config(preset.clone())
                 };
                 let m = conditioned(cfg, 2);
-                assert_eq!(m.params.list[0].shape, vec![6, 6]);
-                assert_eq!(m.params.list[1].shape, vec![3, 6]);
+                assert_eq!(m.params.shape(m.net.items), &[6, 6]);
+                assert_eq!(m.params.shape(m.net.cores), &[3, 6]);
                 let c = m.cond_vectors(&tiny_matrix(), &[2, 4, 0]).unwrap();
                 assert!(c[..4].iter().all(|&v| v == 0.0) && c[4..].iter().any(|&v| v != 0.0));
                 check_backward_against_burn(&m);
@@ -1132,13 +1197,14 @@ mod tests {
             let w = Weights::new(&m.params, &device);
             let (loss, _, _) = m.loss(&w, &x, None, noise, 0.1, &device);
             let g = w.grads(&loss.backward());
-            assert_eq!(g.len(), m.params.list.len());
-            for (p, g) in m.params.list.iter().zip(&g) {
+            assert_eq!(g.len(), m.params.len());
+            for (id, g) in m.params.ids().zip(&g) {
+                let name = m.params.name(id);
                 let g = g
                     .as_ref()
-                    .unwrap_or_else(|| panic!("no gradient for {}", p.name));
-                assert!(g.iter().any(|&v| v != 0.0), "zero gradient for {}", p.name);
-                assert!(g.iter().all(|v| v.is_finite()), "{}", p.name);
+                    .unwrap_or_else(|| panic!("no gradient for {name}"));
+                assert!(g.iter().any(|&v| v != 0.0), "zero gradient for {name}");
+                assert!(g.iter().all(|v| v.is_finite()), "{name}");
             }
         }
     }

@@ -61,13 +61,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{
     self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
-    Adam, Init, Params, SparseBatch,
+    Adam, Init, LossParts, SparseBatch,
 };
 #[cfg(test)]
-use crate::common::{cpu, float_tensor, int_tensor, linear, sparse_linear, to_vec};
+use crate::common::{cpu, float_tensor, int_tensor, linear, param_tensor, sparse_linear, to_vec};
 use crate::conditioning::{self, Conditioning, ConditioningKind};
-use encore_nn::kernels::{add_bias, col_sums, tanh_backward, tanh_inplace};
-use encore_nn::{matmul, Csr, Mat};
+use encore_nn::{Activation, Csr, Dense, Grads, Mlp, MlpTrace, ParamStore, Side, SparseDense};
 
 /// MultiVAE's configuration (see the module documentation for the two presets).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,11 +224,23 @@ const SCORE_CHUNK: usize = 1024;
 pub struct MultiVae {
     config: MultiVaeConfig,
     n_items: usize,
-    params: Params,
+    params: ParamStore,
+    net: Net,
     adam: Adam,
     updates: u64,
     /// The item features `c_u` is computed from (MultiVAE-C); `None` for `conditioning = none`.
     cond: Option<Conditioning>,
+}
+
+/// MultiVAE's layers: the sparse first layer `encoder.0` (`tanh`), the rest of the encoder
+/// (`tanh` between layers, linear output `[μ | log σ²]`) and the decoder (`tanh` between
+/// layers, linear logits). MultiVAE-C's last encoder layer and first decoder layer have
+/// `cond_dim` side-input rows (`[h ; c_u]`, `[z ; c_u]`).
+#[derive(Debug, Clone, PartialEq)]
+struct Net {
+    first: SparseDense,
+    encoder: Mlp,
+    decoder: Mlp,
 }
 
 /// The layer tensors of one forward pass on burn: the reference implementation the
@@ -242,12 +253,17 @@ struct Layers {
 
 #[cfg(test)]
 impl Layers {
-    fn new(params: &Params, device: &Device) -> Self {
-        let n = params.list.len() / 2;
+    /// Weights and biases in registration order (`encoder.0` ... `decoder.L`).
+    fn new(params: &ParamStore, device: &Device) -> Self {
+        let ids: Vec<_> = params.ids().collect();
         Layers {
-            ws: (0..n).map(|l| params.tensor::<2>(2 * l, device)).collect(),
-            bs: (0..n)
-                .map(|l| params.tensor::<1>(2 * l + 1, device))
+            ws: ids
+                .chunks(2)
+                .map(|wb| param_tensor::<2>(params, wb[0], device))
+                .collect(),
+            bs: ids
+                .chunks(2)
+                .map(|wb| param_tensor::<1>(params, wb[1], device))
                 .collect(),
         }
     }
@@ -271,71 +287,31 @@ pub(crate) struct StepLoss {
     pub beta: f64,
 }
 
+impl StepLoss {
+    /// The parts under their log names.
+    pub fn parts(&self) -> LossParts {
+        vec![
+            ("loss", self.loss),
+            ("recon", self.recon),
+            ("kl", self.kl),
+            ("beta", self.beta),
+        ]
+    }
+}
+
 /// What the forward pass keeps for the backward pass.
 struct Trace {
-    /// `inputs[l]`: the dense input of layer `l >= 1` (a `tanh` output, or `z` for the
-    /// decoder's first layer); `inputs[0]` is unused (the sparse batch).
-    inputs: Vec<Vec<f32>>,
+    /// The encoder MLP's trace; its input is the first layer's output.
+    enc: MlpTrace,
     /// The encoder's output `[B, 2d]` (`μ | log σ²`).
     enc_out: Vec<f32>,
     /// `σ = exp(½ log σ²)` `[B, d]` (training only).
     sigma: Vec<f32>,
+    /// The decoder's trace; its input is `z`.
+    dec: MlpTrace,
 }
 
 impl MultiVae {
-    /// `(d_input, d_output)` of layer `l`.
-    fn shape(&self, l: usize) -> (usize, usize) {
-        let s = &self.params.list[2 * l].shape;
-        (s[0], s[1])
-    }
-
-    fn n_layers(&self) -> usize {
-        self.params.list.len() / 2
-    }
-
-    /// Conditioning rows of layer `l`: `cond_dim` for the last encoder layer and the first
-    /// decoder layer of MultiVAE-C (their input is `[h ; c_u]`, `[z ; c_u]`), else 0. Those
-    /// rows come last in the layer's `[d_input, d_output]` weight, so the product is
-    /// `h W[..ih] + c_u W[ih..]`: two matrix products into one output, no concatenated copy.
-    fn cond_rows(&self, l: usize) -> usize {
-        let ne = self.n_encoder_layers();
-        match &self.cond {
-            Some(c) if l == ne - 1 || l == ne => c.dim(),
-            _ => 0,
-        }
-    }
-
-    /// `y = a W_l[..ih] + c W_l[ih..] + b_l` for dense layer `l` (`a` `[B, ih]`, `c` the batch's
-    /// conditioning vectors `[B, cond_dim]` where [`MultiVae::cond_rows`] is non-zero).
-    fn dense_forward(&self, l: usize, a: &[f32], cond: Option<&[f32]>, b: usize) -> Vec<f32> {
-        let mut y = vec![0f32; b * self.shape(l).1];
-        self.dense_forward_into(l, a, cond, b, &mut y);
-        y
-    }
-
-    /// [`MultiVae::dense_forward`] into `y` `[B, o]` (any contents; overwritten).
-    fn dense_forward_into(
-        &self,
-        l: usize,
-        a: &[f32],
-        cond: Option<&[f32]>,
-        b: usize,
-        y: &mut [f32],
-    ) {
-        let p = &self.params.list;
-        let (i, o) = self.shape(l);
-        let cr = self.cond_rows(l);
-        let ih = i - cr;
-        let w = &p[2 * l].data;
-        matmul(y, Mat::new(a, b, ih), Mat::new(&w[..ih * o], ih, o), false);
-        if cr > 0 {
-            let c = cond.expect("a conditioned model scores with conditioning vectors");
-            let yc = conditioning::cond_product(c, &w[ih * o..], b, cr, o);
-            y.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
-        }
-        add_bias(y, &p[2 * l + 1].data);
-    }
-
     /// The forward pass on a (normalised, possibly dropped-out) sparse batch: the item logits
     /// `[B, I]` and the trace. `cond` holds the batch's conditioning vectors `[B, cond_dim]`
     /// (MultiVAE-C; `None` for the plain model). `eps` (`[B, d]`, already scaled by
@@ -346,23 +322,12 @@ impl MultiVae {
         input: &Csr,
         cond: Option<&[f32]>,
         eps: Option<&[f32]>,
-        mut out: Option<&mut [f32]>,
+        out: Option<&mut [f32]>,
     ) -> (Vec<f32>, Trace) {
-        let p = &self.params.list;
-        let (nl, ne, b, d) = (
-            self.n_layers(),
-            self.n_encoder_layers(),
-            input.n_rows(),
-            self.config.latent_dim,
-        );
-        let mut inputs = vec![Vec::new(); nl];
-        let mut h = input.times_dense(&p[0].data, &p[1].data);
-        for (l, slot) in inputs.iter_mut().enumerate().take(ne).skip(1) {
-            tanh_inplace(&mut h);
-            let y = self.dense_forward(l, &h, cond, b);
-            *slot = std::mem::replace(&mut h, y);
-        }
-        let enc_out = h;
+        let (b, d) = (input.n_rows(), self.config.latent_dim);
+        let side = cond.map(|c| Side::new(c, 1));
+        let h = self.net.first.forward(&self.params, input);
+        let (enc_out, enc) = self.net.encoder.forward(&self.params, h, side, b);
         let mut z = vec![0f32; b * d];
         let mut sigma = Vec::new();
         match eps {
@@ -383,39 +348,29 @@ impl MultiVae {
                 }
             }
         }
-        let mut g = z;
-        for (l, slot) in inputs.iter_mut().enumerate().skip(ne) {
-            let y = match out.as_deref_mut() {
-                Some(out) if l == nl - 1 => {
-                    self.dense_forward_into(l, &g, cond, b, out);
-                    Vec::new()
-                }
-                _ => {
-                    let mut y = self.dense_forward(l, &g, cond, b);
-                    if l != nl - 1 {
-                        tanh_inplace(&mut y);
-                    }
-                    y
-                }
-            };
-            *slot = std::mem::replace(&mut g, y);
-        }
+        let (logits, dec) = match out {
+            Some(out) => (
+                Vec::new(),
+                self.net.decoder.forward_into(&self.params, z, side, b, out),
+            ),
+            None => self.net.decoder.forward(&self.params, z, side, b),
+        };
         (
-            g,
+            logits,
             Trace {
-                inputs,
+                enc,
                 enc_out,
                 sigma,
+                dec,
             },
         )
     }
 
     /// Loss and gradients of one batch: `x` the raw binary rows, `input` the encoder's input,
-    /// `eps` the noise. The backward pass mirrors [`MultiVae::forward`] layer by layer:
-    /// the logits' gradient is `(softmax · n_u − x) / B` (the multinomial log-likelihood and
-    /// its log-softmax fused in one pass over each row), dense layers give `dW = Aᵀ G`,
-    /// `db = Σ_rows G`, `dA = G Wᵀ` (times `1 − A²` behind a `tanh`), and the first layer's
-    /// weight gradient is the scatter-add `X̃ᵀ G`.
+    /// `eps` the noise. The logits' gradient is `(softmax · n_u − x) / B` (the multinomial
+    /// log-likelihood and its log-softmax fused in one pass over each row); the layers'
+    /// backward passes carry it to `z`, through the reparameterisation and the KL term to
+    /// the encoder's output, and down to the first layer.
     fn loss_and_grads(
         &self,
         x: &Csr,
@@ -423,15 +378,9 @@ impl MultiVae {
         cond: Option<&[f32]>,
         eps: &[f32],
         beta: f64,
-    ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
-        let p = &self.params.list;
-        let (nl, ne, b, d, n) = (
-            self.n_layers(),
-            self.n_encoder_layers(),
-            x.n_rows(),
-            self.config.latent_dim,
-            self.n_items,
-        );
+    ) -> (StepLoss, Grads) {
+        let (b, d, n) = (x.n_rows(), self.config.latent_dim, self.n_items);
+        let side = cond.map(|c| Side::new(c, 1));
         let (mut dy, trace) = self.forward(input, cond, Some(eps), None);
         let inv_b = 1.0 / b.max(1) as f32;
         // Fused log-softmax, multinomial loss and its gradient, four rows at a time (their
@@ -444,13 +393,12 @@ impl MultiVae {
                 let nr = rows.len() / n;
                 let mut head = [(0f32, 0f32, 0f64); G];
                 for (i, row) in rows.chunks_exact_mut(n).enumerate() {
-                    let r = g * G + i;
-                    let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
                     let mut n_u = 0f32;
                     let mut picked = 0f64;
-                    for e in x.offsets()[r]..x.offsets()[r + 1] {
-                        n_u += x.values()[e];
-                        picked += (x.values()[e] * row[x.cols()[e] as usize]) as f64;
+                    let max = row.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    for (c, v) in x.row(g * G + i) {
+                        n_u += v;
+                        picked += (v * row[c as usize]) as f64;
                     }
                     // One exponential per entry: the row becomes exp(v - max), then is scaled.
                     encore_nn::kernels::exp_shifted(row, max);
@@ -467,8 +415,8 @@ impl MultiVae {
                         for v in row.iter_mut() {
                             *v *= scale;
                         }
-                        for e in x.offsets()[r]..x.offsets()[r + 1] {
-                            row[x.cols()[e] as usize] -= x.values()[e] * inv_b;
+                        for (c, v) in x.row(r) {
+                            row[c as usize] -= v * inv_b;
                         }
                         n_u as f64 * lse as f64 - picked
                     })
@@ -486,71 +434,38 @@ impl MultiVae {
         }
         kl /= b.max(1) as f64;
 
-        let mut grads: Vec<Option<Vec<f32>>> = vec![None; 2 * nl];
-        // Layer `l`'s weight rows split as [activation rows ih ; conditioning rows cr]; the
-        // conditioning is data, so only its weight rows get a gradient (`cᵀ dY`).
-        let dense_backward = |l: usize, dy: &[f32], grads: &mut Vec<Option<Vec<f32>>>| {
-            let (i, o) = self.shape(l);
-            let cr = self.cond_rows(l);
-            let ih = i - cr;
-            let a = &trace.inputs[l];
-            let mut dw = vec![0f32; i * o];
-            matmul(
-                &mut dw[..ih * o],
-                Mat::new(a, b, ih).t(),
-                Mat::new(dy, b, o),
-                false,
-            );
-            if cr > 0 {
-                let c = cond.expect("conditioning vectors of a conditioned model");
-                matmul(
-                    &mut dw[ih * o..],
-                    Mat::new(c, b, cr).t(),
-                    Mat::new(dy, b, o),
-                    false,
-                );
-            }
-            grads[2 * l] = Some(dw);
-            grads[2 * l + 1] = Some(col_sums(dy, o));
-            let mut da = vec![0f32; b * ih];
-            matmul(
-                &mut da,
-                Mat::new(dy, b, o),
-                Mat::new(&p[2 * l].data[..ih * o], ih, o).t(),
-                false,
-            );
-            da
-        };
-        for l in (ne..nl).rev() {
-            let mut da = dense_backward(l, &dy, &mut grads);
-            if l > ne {
-                tanh_backward(&mut da, &trace.inputs[l]);
-            }
-            dy = da;
-        }
-        // dy is now dL/dz: through the reparameterisation and the KL term.
+        let mut grads = self.params.zero_grads();
+        // The logits layer is linear: its output is not needed for the backward pass.
+        let dz = self
+            .net
+            .decoder
+            .backward(&self.params, &trace.dec, &[], dy, side, b, &mut grads);
+        // dL/dz through the reparameterisation and the KL term.
         let c = (beta / b.max(1) as f64) as f32;
         let mut denc = vec![0f32; b * 2 * d];
         for r in 0..b {
             let out = &trace.enc_out[r * 2 * d..][..2 * d];
             let g = &mut denc[r * 2 * d..][..2 * d];
             for j in 0..d {
-                let dz = dy[r * d + j];
+                let dz = dz[r * d + j];
                 let (mu, lv) = (out[j], out[d + j]);
                 g[j] = dz + c * mu;
                 g[d + j] =
                     dz * eps[r * d + j] * 0.5 * trace.sigma[r * d + j] + c * 0.5 * (lv.exp() - 1.0);
             }
         }
-        dy = denc;
-        for l in (1..ne).rev() {
-            let mut da = dense_backward(l, &dy, &mut grads);
-            tanh_backward(&mut da, &trace.inputs[l]);
-            dy = da;
-        }
-        let h0 = self.shape(0).1;
-        grads[0] = Some(input.transpose_times(&dy, h0, n));
-        grads[1] = Some(col_sums(&dy, h0));
+        let mut dh = self.net.encoder.backward(
+            &self.params,
+            &trace.enc,
+            &trace.enc_out,
+            denc,
+            side,
+            b,
+            &mut grads,
+        );
+        self.net
+            .first
+            .backward(input, trace.enc.input(0), &mut dh, &mut grads);
         let loss = StepLoss {
             loss: recon + beta * kl,
             recon,
@@ -594,33 +509,67 @@ impl MultiVae {
         let mut dec = vec![d];
         dec.extend(config.hidden_dims.iter().rev());
         dec.push(n_items);
-        let mut params = Params::default();
-        for (part, dims) in [("encoder", &enc), ("decoder", &dec)] {
-            for l in 0..dims.len() - 1 {
-                // The conditioned inputs: the last encoder layer and the first decoder layer.
-                let extra = match part {
-                    "encoder" if l == dims.len() - 2 => cd,
-                    "decoder" if l == 0 => cd,
-                    _ => 0,
-                };
-                let (i, o) = (dims[l] + extra, dims[l + 1]);
-                params.push(
-                    &format!("{part}.{l}.weight"),
-                    vec![i, o],
-                    xavier(&mut rng, i, o, config.init),
-                );
-                params.push(
-                    &format!("{part}.{l}.bias"),
-                    vec![o],
-                    bias(&mut rng, o, config.bias_init_std),
-                );
+        let mut params = ParamStore::new();
+        let (ne, nd) = (enc.len() - 1, dec.len() - 1);
+        let act = |last: bool| {
+            if last {
+                Activation::Identity
+            } else {
+                Activation::Tanh
             }
-        }
+        };
+        // Registered (and drawn from `rng`) in file order: encoder.0, encoder.1, ...,
+        // decoder.0, ...; weight before bias.
+        let mut init = |i: usize, o: usize| {
+            let w = xavier(&mut rng, i, o, config.init);
+            (w, bias(&mut rng, o, config.bias_init_std))
+        };
+        let first = {
+            let (w, b) = init(enc[0], enc[1]);
+            SparseDense::new(
+                &mut params,
+                "encoder.0",
+                (enc[0], enc[1]),
+                act(ne == 1),
+                w,
+                b,
+            )
+        };
+        let mut dense = |params: &mut ParamStore, name: String, dims: (usize, usize, usize), f| {
+            let (w, b) = init(dims.0 + dims.1, dims.2);
+            Dense::new(params, &name, dims, f, w, b)
+        };
+        let encoder = Mlp::new(
+            (1..ne)
+                .map(|l| {
+                    // The conditioned input of the encoder: its last layer.
+                    let side = if l == ne - 1 { cd } else { 0 };
+                    let dims = (enc[l], side, enc[l + 1]);
+                    dense(&mut params, format!("encoder.{l}"), dims, act(l == ne - 1))
+                })
+                .collect(),
+        );
+        let decoder = Mlp::new(
+            (0..nd)
+                .map(|l| {
+                    // The conditioned input of the decoder: its first layer.
+                    let side = if l == 0 { cd } else { 0 };
+                    let dims = (dec[l], side, dec[l + 1]);
+                    dense(&mut params, format!("decoder.{l}"), dims, act(l == nd - 1))
+                })
+                .collect(),
+        );
+        let net = Net {
+            first,
+            encoder,
+            decoder,
+        };
         let adam = Adam::new(&params, config.lr);
         Ok(MultiVae {
             config,
             n_items,
             params,
+            net,
             adam,
             updates: 0,
             cond,
@@ -644,7 +593,9 @@ impl MultiVae {
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
         let path = dir.join("model.safetensors");
         let tensors = encore_io::read_f32_tensors(&path)?.map;
-        model.params.fill_from(&tensors, "", &path)?;
+        let mut values = vec![0f32; model.params.n_values()];
+        common::fill_from(&model.params, &mut values, &tensors, "", &path)?;
+        model.params.values_mut().copy_from_slice(&values);
         Ok(model)
     }
 
@@ -668,6 +619,7 @@ impl MultiVae {
         self.updates
     }
 
+    #[cfg(test)]
     fn n_encoder_layers(&self) -> usize {
         self.config.hidden_dims.len() + 1
     }
@@ -823,7 +775,7 @@ impl Recommender for MultiVae {
         write_meta(dir, self.name(), self.n_items, &cfg)?;
         encore_io::write_f32_tensors(
             &dir.join("model.safetensors"),
-            &self.params.to_safetensors(""),
+            &self.params.named("", self.params.values()),
             None,
         )?;
         match &self.cond {
@@ -849,14 +801,13 @@ impl Trainable for MultiVae {
     fn train_epoch(&mut self, ctx: EpochContext<'_>) -> Result<BTreeMap<String, f64>, ModelError> {
         let (n_items, batch_size) = (self.n_items, self.config.batch_size);
         common::run_epoch(ctx, n_items, batch_size, |train, batch, rng| {
-            let s = self.step(train, batch, rng);
-            [s.loss, s.recon, s.kl, s.beta]
+            self.step(train, batch, rng).parts()
         })
     }
 
     fn save_state(&self, dir: &Path) -> Result<(), ModelError> {
         self.save(dir)?;
-        common::save_training_extras(dir, &self.adam, self.updates)
+        common::save_training_extras(dir, &self.params, &self.adam, self.updates)
     }
 
     fn load_state(&mut self, dir: &Path) -> Result<(), ModelError> {
@@ -874,7 +825,7 @@ impl Trainable for MultiVae {
             ));
         }
         self.params = loaded.params;
-        self.updates = common::load_training_extras(dir, &mut self.adam)?;
+        self.updates = common::load_training_extras(dir, &self.params, &mut self.adam)?;
         Ok(())
     }
 }
@@ -932,9 +883,7 @@ mod tests {
     #[test]
     fn loss_on_zero_weights_is_n_log_items() {
         let mut m = MultiVae::new(tiny_config(), 7).unwrap();
-        for p in &mut m.params.list {
-            p.data.iter_mut().for_each(|x| *x = 0.0);
-        }
+        m.params.values_mut().fill(0.0);
         let train = tiny_matrix();
         let x = SparseBatch::from_users(&train, &[0, 1]);
         let input = x.l2_normalised();
@@ -959,10 +908,9 @@ mod tests {
         let mut m = MultiVae::new(cfg, 2).unwrap();
         // encoder.0: [2,1] zero weights, bias 0 -> h = tanh(0) = 0; encoder.1: [1,2] weights
         // zero, bias [1, ln 2] -> μ = 1, log σ² = ln 2.
-        for p in &mut m.params.list {
-            p.data.iter_mut().for_each(|x| *x = 0.0);
-        }
-        m.params.list[3].data = vec![1.0, 2f32.ln()];
+        m.params.values_mut().fill(0.0);
+        let last = m.net.encoder.layers().last().unwrap().bias;
+        m.params.get_mut(last).copy_from_slice(&[1.0, 2f32.ln()]);
         let train = InteractionMatrix::from_rows(2, &[vec![0u32]]);
         let x = SparseBatch::from_users(&train, &[0]);
         let device = cpu();
@@ -1001,18 +949,14 @@ mod tests {
         assert!((parts.kl - to_vec(kl)[0] as f64).abs() < 1e-5);
         assert!((parts.loss - to_vec(loss.clone())[0] as f64).abs() < 1e-4);
         let want = layers.grads(&loss.backward());
-        assert_eq!(grads.len(), want.len());
-        for ((p, g), w) in m.params.list.iter().zip(&grads).zip(&want) {
-            let (g, w) = (g.as_ref().unwrap(), w.as_ref().unwrap());
-            assert_eq!(g.len(), w.len(), "{}", p.name);
+        assert_eq!(m.params.len(), want.len());
+        for (id, w) in m.params.ids().zip(&want) {
+            let (g, w, name) = (grads.get(id), w.as_ref().unwrap(), m.params.name(id));
+            assert_eq!(g.len(), w.len(), "{name}");
             for (a, b) in g.iter().zip(w) {
-                assert!(
-                    (a - b).abs() < 1e-5 + 1e-4 * b.abs(),
-                    "{}: {a} vs {b}",
-                    p.name
-                );
+                assert!((a - b).abs() < 1e-5 + 1e-4 * b.abs(), "{name}: {a} vs {b}");
             }
-            assert!(g.iter().any(|&v| v != 0.0), "{}", p.name);
+            assert!(g.iter().any(|&v| v != 0.0), "{name}");
         }
     }
 

@@ -13,9 +13,8 @@ use rayon::prelude::*;
 
 use super::{MacridVae, Noise, Scratch, StepLoss};
 use crate::common::SparseBatch;
-use crate::conditioning;
-use encore_nn::kernels::{add_bias, col_sums, exp_scaled_accumulate, tanh_backward, tanh_inplace};
-use encore_nn::{matmul, transpose_into, Csr, FacetCsr, Mat};
+use encore_nn::kernels::{col_sums, exp_scaled_accumulate, tanh_backward, tanh_inplace};
+use encore_nn::{matmul, transpose_into, Csr, FacetCsr, Grads, Mat, MlpTrace, Side};
 
 /// Rows divided by `sqrt(‖row‖² + 1e-24)` (as the burn reference); returns the norms.
 fn normalise_rows(x: &mut [f32], d: usize) -> Vec<f32> {
@@ -98,9 +97,10 @@ pub(super) struct Front {
 
 /// What the training forward pass keeps for the backward pass.
 pub(super) struct Trace {
-    /// [`MacridVae::front_hand`]'s output, its `h` moved to `inputs[1]` (after the `tanh`).
+    /// [`MacridVae::front_hand`]'s output, its `h` moved into `enc` (after the `tanh`).
     front: Front,
-    inputs: Vec<Vec<f32>>,
+    /// The shared encoder's trace (its input: the first layer's output after the `tanh`).
+    enc: MlpTrace,
     enc_out: Vec<f32>,
     mu: Vec<f32>,
     mu_norms: Vec<f32>,
@@ -140,11 +140,6 @@ impl MacridVae {
         }
     }
 
-    fn enc_shape(&self, l: usize) -> (usize, usize) {
-        let s = &self.params.list[2 + 2 * l].shape;
-        (s[0], s[1])
-    }
-
     /// The scoring pass on raw batch `x` (softmax assignments, no dropout, `z = μ`): `p`
     /// `[B, I]` (logits are `ln p`). `cond`: the batch's conditioning vectors `[B, c]`
     /// (MacridVAE-C; item embeddings and prototypes are then `d + c` wide).
@@ -180,13 +175,13 @@ impl MacridVae {
         noise: Option<&Noise>,
         mut h: Vec<f32>,
     ) -> Front {
-        let p = &self.params.list;
+        let (net, p) = (&self.net, &self.params);
         let Dims {
             k, b, n, tau, de, ..
         } = self.dims(x.n_rows);
-        let mut items_n = p[0].data.clone();
+        let mut items_n = p.get(net.items).to_vec();
         let item_norms = normalise_rows(&mut items_n, de);
-        let mut cores_n = p[1].data.clone();
+        let mut cores_n = p.get(net.cores).to_vec();
         let core_norms = normalise_rows(&mut cores_n, de);
         // Assignments C = softmax(Ĥ M̂ᵀ / τ (+ Gumbel)).
         let mut c = vec![0f32; n * k];
@@ -274,7 +269,7 @@ impl MacridVae {
             offsets[r + 1] += offsets[r];
         }
         let first = FacetCsr::new(k, offsets, cols, vals);
-        first.times_dense_into(&p[2].data, &p[3].data, &mut h);
+        first.times_dense_into(p.get(net.first_w), p.get(net.first_b), &mut h);
         Front {
             items_n,
             item_norms,
@@ -300,42 +295,16 @@ impl MacridVae {
         cond: Option<&[f32]>,
         noise: Option<&Noise>,
     ) -> Trace {
-        let p = &self.params.list;
         let Dims {
             k, d, b, cd, de, ..
         } = self.dims(x.n_rows);
         let mut h = std::mem::take(&mut front.h);
-
-        // Shared encoder on the K * B rows.
-        let n_enc = (p.len() - 2) / 2;
-        let mut inputs = vec![Vec::new(); n_enc];
-        for (l, slot) in inputs.iter_mut().enumerate().skip(1) {
-            tanh_inplace(&mut h);
-            let (i, o) = self.enc_shape(l);
-            // The last layer of MacridVAE-C takes [h_k ; c_u]: its weight's last `cd` rows
-            // multiply c_u, the same for every facet, so that product is made once per user
-            // and added to each facet's rows.
-            let cr = if l == n_enc - 1 { cd } else { 0 };
-            let ih = i - cr;
-            let w = &p[2 + 2 * l].data;
-            let mut y = vec![0f32; k * b * o];
-            matmul(
-                &mut y,
-                Mat::new(&h, k * b, ih),
-                Mat::new(&w[..ih * o], ih, o),
-                false,
-            );
-            if cr > 0 {
-                let cv = cond.expect("a conditioned model runs with conditioning vectors");
-                let yc = conditioning::cond_product(cv, &w[ih * o..], b, cr, o);
-                y.par_chunks_mut(b * o).for_each(|yf| {
-                    yf.iter_mut().zip(&yc).for_each(|(a, c)| *a += c);
-                });
-            }
-            add_bias(&mut y, &p[3 + 2 * l].data);
-            *slot = std::mem::replace(&mut h, y);
-        }
-        let enc_out = h;
+        tanh_inplace(&mut h);
+        // Shared encoder on the K * B rows. The last layer of MacridVAE-C takes [h_k ; c_u]:
+        // c_u is the same for every facet, so its product is made once per user and added to
+        // each facet's rows (a side input repeated K times).
+        let side = cond.map(|c| Side::new(c, k));
+        let (enc_out, enc) = self.net.encoder.forward(&self.params, h, side, k * b);
         let mut mu = vec![0f32; k * b * d];
         mu.par_chunks_exact_mut(d)
             .zip(enc_out.par_chunks_exact(2 * d))
@@ -371,7 +340,7 @@ impl MacridVae {
         }
         Trace {
             front,
-            inputs,
+            enc,
             enc_out,
             mu,
             mu_norms,
@@ -617,8 +586,8 @@ impl MacridVae {
         noise: &Noise,
         beta: f64,
         scratch: &mut Scratch,
-    ) -> (StepLoss, Vec<Option<Vec<f32>>>) {
-        let p = &self.params.list;
+    ) -> (StepLoss, Grads) {
+        let (net, p) = (&self.net, &self.params);
         let Dims {
             k,
             d,
@@ -669,77 +638,19 @@ impl MacridVae {
                     g[d + j] = -0.5 * ds * s + c_kl * 0.5 * (1.0 - (-o[d + j]).exp());
                 }
             });
-        // Shared encoder backward.
-        let n_enc = (p.len() - 2) / 2;
-        let mut grads: Vec<Option<Vec<f32>>> = vec![None; p.len()];
-        for l in (1..n_enc).rev() {
-            let (i, o) = self.enc_shape(l);
-            let cr = if l == n_enc - 1 { cd } else { 0 };
-            let ih = i - cr;
-            let a = &t.inputs[l];
-            // Written in full by the product (`accumulate` false).
-            let mut da = if l == 1 {
-                let mut buf = std::mem::take(&mut scratch.first_grad);
-                buf.resize(kb * ih, 0.0);
-                buf
-            } else {
-                vec![0f32; kb * ih]
-            };
-            let w = &p[2 + 2 * l].data;
-            let dy_ref = &dy;
-            // The weight gradient (a product with long sums that gemm splits unevenly over
-            // threads) runs beside the input gradient.
-            let ((dw, db), ()) = rayon::join(
-                || {
-                    // dWᵀ = dYᵀ A is the faster product shape for gemm here (`[o, ih]` over
-                    // the `K * B` rows); the sums are the same bits as Aᵀ dY's.
-                    let mut dwt = vec![0f32; o * ih];
-                    matmul(
-                        &mut dwt,
-                        Mat::new(dy_ref, kb, o).t(),
-                        Mat::new(a, kb, ih),
-                        false,
-                    );
-                    let mut dw = vec![0f32; i * o];
-                    transpose_into(&dwt, o, ih, &mut dw[..ih * o]);
-                    if cr > 0 {
-                        // The c_u rows: Σ_k c_uᵀ dY_k = c_uᵀ (Σ_k dY_k), facets summed in
-                        // order.
-                        let cv = cond.expect("conditioning vectors of a conditioned model");
-                        let mut dsum = dy_ref[..b * o].to_vec();
-                        for f in 1..k {
-                            dsum.iter_mut()
-                                .zip(&dy_ref[f * b * o..][..b * o])
-                                .for_each(|(s, g)| *s += g);
-                        }
-                        matmul(
-                            &mut dw[ih * o..],
-                            Mat::new(cv, b, cr).t(),
-                            Mat::new(&dsum, b, o),
-                            false,
-                        );
-                    }
-                    (dw, col_sums(dy_ref, o))
-                },
-                || {
-                    matmul(
-                        &mut da,
-                        Mat::new(dy_ref, kb, o),
-                        Mat::new(&w[..ih * o], ih, o).t(),
-                        false,
-                    );
-                    tanh_backward(&mut da, a);
-                },
-            );
-            grads[2 + 2 * l] = Some(dw);
-            grads[3 + 2 * l] = Some(db);
-            dy = da;
-        }
-        let hidden = self.enc_shape(0).1;
-        grads[2] = Some(t.front.first.transpose_times(&dy, hidden, n));
-        grads[3] = Some(col_sums(&dy, hidden));
+        // Shared encoder backward, then the first layer's tanh and weights.
+        let mut grads = p.zero_grads();
+        let side = cond.map(|c| Side::new(c, k));
+        let mut dh = std::mem::take(&mut scratch.first_grad);
+        net.encoder
+            .backward_into(p, &t.enc, &t.enc_out, dy, side, kb, &mut grads, &mut dh);
+        let mut dy = dh;
+        tanh_backward(&mut dy, t.enc.input(0));
+        let hidden = net.hidden;
+        grads.set(net.first_w, &t.front.first.transpose_times(&dy, hidden, n));
+        grads.set(net.first_b, &col_sums(&dy, hidden));
         // The first layer's values carry gradient to C.
-        let dv = t.front.first.value_grads(&p[2].data, &dy, hidden);
+        let dv = t.front.first.value_grads(p.get(net.first_w), &dy, hidden);
         let scale = noise.scale;
         // Facet by facet, each user's kept entries in batch order.
         let (first, kept) = (&t.front.first, &t.front.kept);
@@ -797,9 +708,9 @@ impl MacridVae {
         );
         normalise_rows_backward(&mut d_items_n, &t.front.items_n, &t.front.item_norms, de);
         normalise_rows_backward(&mut d_cores_n, &t.front.cores_n, &t.front.core_norms, de);
-        grads[0] = Some(d_items_n);
-        grads[1] = Some(d_cores_n);
-        scratch.first_out = std::mem::take(&mut t.inputs[1]);
+        grads.set(net.items, &d_items_n);
+        grads.set(net.cores, &d_cores_n);
+        scratch.first_out = t.enc.take_input(0);
         scratch.first_grad = dy;
         let loss = StepLoss {
             loss: recon + beta * kl,
