@@ -518,7 +518,7 @@ fn draw_line_plot(
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+    encore_io::install_file(&tmp, path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

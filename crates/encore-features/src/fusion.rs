@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -773,15 +772,10 @@ impl FusionModel {
         let header = Some(HashMap::from([(META_KEY.to_string(), json)]));
         let bytes = safetensors::serialize(views, &header)
             .map_err(|e| FeatureError::model(path, format!("serialising: {e}")))?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io)?;
-        tmp.write_all(&bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        Ok(())
+        encore_io::write_bytes(path, &bytes).map_err(|e| match e {
+            encore_io::IoError::Io { source, .. } => io(source),
+            encore_io::IoError::Format { message, .. } => FeatureError::model(path, message),
+        })
     }
 
     /// Read a model written by [`FusionModel::save`], checking every shape against the

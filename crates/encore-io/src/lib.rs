@@ -93,6 +93,18 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
+/// Move a finished file `tmp` (written by another library, e.g. a plotting backend) to
+/// `path` under the same policy as [`write_atomic`]: synced, renamed, the rename synced. `tmp`
+/// must be in `path`'s folder.
+pub fn install_file(tmp: &Path, path: &Path) -> Result<(), IoError> {
+    File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IoError::io(tmp, e))?;
+    std::fs::rename(tmp, path).map_err(|e| IoError::io(path, e))?;
+    sync_dir(parent_dir(path));
+    Ok(())
+}
+
 /// Write `value` as pretty-printed JSON to `path`, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), IoError> {
     let text = serde_json::to_string_pretty(value)
@@ -172,7 +184,11 @@ pub fn replace_dir<E: From<IoError>>(
         std::fs::remove_dir_all(&tmp).map_err(|e| IoError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| IoError::io(&tmp, e))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        // Nothing half-written stays behind; `dir` is untouched.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     if dir.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| IoError::io(&old, e))?;

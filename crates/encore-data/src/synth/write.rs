@@ -146,71 +146,27 @@ pub(crate) fn write_layout(
     fail_after: Option<usize>,
 ) -> Result<SynthSummary> {
     let started = Instant::now();
-    let name = dir
-        .file_name()
-        .ok_or_else(|| {
-            DataError::parameter(
-                "output directory",
-                format!("{}: needs a final directory name", dir.display()),
-            )
-        })?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let target = inspect_target(dir)?;
-    fs::create_dir_all(&parent).map_err(|e| DataError::io(&parent, e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.tmp-"))
-        .tempdir_in(&parent)
-        .map_err(|e| DataError::io(&parent, e))?;
+    if dir.file_name().is_none() {
+        return Err(DataError::parameter(
+            "output directory",
+            format!("{}: needs a final directory name", dir.display()),
+        ));
+    }
+    // Refuses anything that is not absent, empty or an earlier world; the replacement itself
+    // is encore-io's (fresh sibling folder, rename, old one removed; nothing left on error).
+    inspect_target(dir)?;
     let stats = world.stats();
-    // On error `staging` is dropped here, which deletes it with everything written so far.
-    let files = write_files(world, &stats, staging.path(), fail_after)?;
-    let staged = staging.keep();
-    if let Err(e) = install(&staged, dir, &parent, &name, target) {
-        let _ = fs::remove_dir_all(&staged);
-        return Err(e);
-    }
-    if let Ok(d) = File::open(&parent) {
-        // Make the rename durable where the platform allows syncing a directory.
-        let _ = d.sync_all();
-    }
+    let mut files = Default::default();
+    encore_io::replace_dir(dir, |staged| -> Result<()> {
+        files = write_files(world, &stats, staged, fail_after)?;
+        Ok(())
+    })?;
     Ok(SynthSummary {
         dir: dir.to_path_buf(),
         files,
         seconds: started.elapsed().as_secs_f64(),
         stats,
     })
-}
-
-/// Move the finished staging directory to `dir`.
-fn install(staged: &Path, dir: &Path, parent: &Path, name: &str, target: Target) -> Result<()> {
-    match target {
-        Target::Absent => fs::rename(staged, dir).map_err(|e| DataError::io(dir, e)),
-        Target::EmptyDir => {
-            fs::remove_dir(dir).map_err(|e| DataError::io(dir, e))?;
-            fs::rename(staged, dir).map_err(|e| DataError::io(dir, e))
-        }
-        Target::PreviousWorld => {
-            // Move the old world aside under a fresh unique name, move the new one in, and
-            // only then delete the old one; if the second move fails, put the old one back.
-            let aside = tempfile::Builder::new()
-                .prefix(&format!(".{name}.old-"))
-                .tempdir_in(parent)
-                .map_err(|e| DataError::io(parent, e))?
-                .keep();
-            fs::remove_dir(&aside).map_err(|e| DataError::io(&aside, e))?;
-            fs::rename(dir, &aside).map_err(|e| DataError::io(dir, e))?;
-            if let Err(e) = fs::rename(staged, dir) {
-                let _ = fs::rename(&aside, dir);
-                return Err(DataError::io(dir, e));
-            }
-            fs::remove_dir_all(&aside).map_err(|e| DataError::io(&aside, e))
-        }
-    }
 }
 
 fn write_files(
@@ -420,9 +376,7 @@ fn push_fields(buf: &mut Vec<u8>, fields: &[&str]) {
 }
 
 fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| DataError::io(path, e))?;
-    f.write_all(bytes).map_err(|e| DataError::io(path, e))?;
-    f.sync_all().map_err(|e| DataError::io(path, e))
+    Ok(encore_io::write_bytes(path, bytes)?)
 }
 
 /// Write a header and `n_groups` groups of rows formatted by `fill`, in group order, a window
