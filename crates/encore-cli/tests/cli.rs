@@ -799,13 +799,26 @@ fn embedded_lyrics_condition_a_multivae() {
 }
 
 /// Rewrite an Encore split file in another tool's layout: RecBole's atomic-file header
-/// (`user_id:token<TAB>item_id:token`, a rating column), or DiffRec-style integer pairs
-/// without a header. Ids are mapped to integers by `ids` (first appearance).
+/// (`user_id:token<TAB>item_id:token`, a rating column), DiffRec-style integer pairs
+/// without a header (ids mapped to integers by `ids`, first appearance), or Encore's own
+/// pairs ordered by item (`shuffled`: not grouped by user, as a log export may be).
 fn export_split_file(src: &Path, dst: &Path, style: &str, ids: &mut Vec<String>) {
     let text = std::fs::read_to_string(src).unwrap();
     let mut out = String::new();
     if style == "recbole" {
         out.push_str("user_id:token\titem_id:token\trating:float\n");
+    }
+    if style == "shuffled" {
+        out.push_str("user_id\titem_id\n");
+        let mut lines: Vec<&str> = text.lines().skip(1).collect();
+        // Ordered by item id: each user's lines are spread over the file.
+        lines.sort_by_key(|l| (l.split('\t').nth(1).unwrap().to_string(), l.to_string()));
+        for line in lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        std::fs::write(dst, out).unwrap();
+        return;
     }
     let mut index = |id: &str| match ids.iter().position(|x| x == id) {
         Some(p) => p,
@@ -844,22 +857,28 @@ fn external_split_directories_train_and_evaluate() {
         "--k",
         "10",
     ]);
-    // The reference: Encore's own split directory (with split.json), read without --data, so
-    // that the catalogue is built from the files in the same order as for the exports.
+    // The reference: Encore's own split files with split.json but without the catalogue
+    // lists, read without --data, so that the catalogue is built from the files in the same
+    // order as for the exports (ranking ties fall by catalogue index).
+    let own_split = tmp.path().join("own-split");
+    std::fs::create_dir_all(&own_split).unwrap();
+    for name in ["train.tsv", "valid.tsv", "test.tsv", "split.json"] {
+        std::fs::copy(run.join("split").join(name), own_split.join(name)).unwrap();
+    }
     let own = tmp.path().join("run-own");
     ok(&[
         "train",
         "--model",
         "itemknn",
         "--split-dir",
-        s(&run.join("split")),
+        s(&own_split),
         "--out",
         s(&own),
         "--k",
         "10",
     ]);
     let reference = read_metrics(&own);
-    for style in ["recbole", "diffrec"] {
+    for style in ["recbole", "diffrec", "shuffled"] {
         // Only the three files another tool would write: no split.json.
         let ext = tmp.path().join(format!("ext-{style}"));
         std::fs::create_dir_all(&ext).unwrap();
@@ -885,9 +904,16 @@ fn external_split_directories_train_and_evaluate() {
             "--k",
             "10",
         ]);
-        // The same interactions give the same metrics, whatever the ids look like.
+        // The same interactions give the same metrics, whatever the ids look like (the
+        // shuffled files list items in another first-appearance order, so ranking ties fall
+        // differently: only their re-evaluation is checked below).
         let m = read_metrics(&out);
-        for key in ["ndcg@10", "recall@10", "mrr@10", "hit@10"] {
+        let compared: &[&str] = if style == "shuffled" {
+            &[]
+        } else {
+            &["ndcg@10", "recall@10", "mrr@10", "hit@10"]
+        };
+        for &key in compared {
             assert_eq!(
                 metric(&m, "test", key),
                 metric(&reference, "test", key),
@@ -902,9 +928,28 @@ fn external_split_directories_train_and_evaluate() {
             4,
             "{info}"
         );
-        // The run keeps the split with its computed record, and re-evaluates from it.
+        // The run keeps the split with its computed record and its catalogue order, and
+        // re-evaluates from it to the metrics of training (indices read back unchanged).
         assert!(out.join("split/split.json").exists());
-        ok(&["evaluate", "--run", s(&out), "--k", "10"]);
+        let again = tmp.path().join(format!("again-{style}.json"));
+        ok(&[
+            "evaluate",
+            "--run",
+            s(&out),
+            "--k",
+            "10",
+            "--out",
+            s(&again),
+        ]);
+        let again: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+        for key in ["ndcg@10", "recall@10"] {
+            assert_eq!(
+                metric(&again, "test", key),
+                metric(&m, "test", key),
+                "{style} {key} re-evaluated"
+            );
+        }
 
         // Ranked lists made elsewhere are scored on the external split too.
         let recs = tmp.path().join(format!("recs-{style}.tsv"));

@@ -445,6 +445,17 @@ impl Split {
                 Ok(())
             })?;
         }
+        // The catalogue in index order, so that reading the directory back without the
+        // dataset gives every user and item its index again (first appearance in the
+        // rewritten train.tsv is another order) and keeps items no part mentions.
+        for (name, ids) in [(USERS_FILE, &dataset.users), (ITEMS_FILE, &dataset.items)] {
+            encore_io::write_atomic(&dir.join(name), |w| {
+                for i in 0..ids.len() {
+                    writeln!(w, "{}", ids.id(i as u32))?;
+                }
+                Ok(())
+            })?;
+        }
         let json = serde_json::to_string_pretty(info).expect("split info serialises");
         Ok(encore_io::write_bytes(
             &dir.join("split.json"),
@@ -460,8 +471,10 @@ impl Split {
     /// first two fields name them (see [`is_pair_header`]: Encore's `user_id<TAB>item_id`,
     /// RecBole's `user_id:token<TAB>item_id:token`), and data otherwise (DiffRec-style
     /// `uid<TAB>iid` dumps). Ids are mapped through `dataset` when given (an id it does not
-    /// know is an error naming the file and line); otherwise the catalogue is built from the
-    /// files, in order of first appearance in train, fold-in, valid, test.
+    /// know is an error naming the file and line), else through the directory's `users.txt` and
+    /// `items.txt` when it has them (a directory [`Split::save_dir`] wrote); otherwise the
+    /// catalogue is built from the files, in order of first appearance in train, fold-in,
+    /// valid, test.
     pub fn load_dir(dir: &Path, dataset: Option<&Dataset>) -> Result<LoadedSplit> {
         let info_path = dir.join("split.json");
         let info: Option<SplitInfo> = if info_path.exists() {
@@ -473,9 +486,16 @@ impl Split {
         } else {
             None
         };
-        let mut users = dataset.map(|d| d.users.clone()).unwrap_or_default();
-        let mut items = dataset.map(|d| d.items.clone()).unwrap_or_default();
-        let fixed = dataset.is_some();
+        let catalogue = match dataset {
+            Some(d) => Some((d.users.clone(), d.items.clone())),
+            None if dir.join(USERS_FILE).exists() && dir.join(ITEMS_FILE).exists() => Some((
+                read_ids(&dir.join(USERS_FILE))?,
+                read_ids(&dir.join(ITEMS_FILE))?,
+            )),
+            None => None,
+        };
+        let fixed = catalogue.is_some();
+        let (mut users, mut items) = catalogue.unwrap_or_default();
         let mut read = |name: &str, required: bool| -> Result<Vec<(u32, u32)>> {
             let path = dir.join(name);
             if !required && !path.exists() {
@@ -527,6 +547,19 @@ impl Split {
         };
         Ok(loaded)
     }
+}
+
+/// The user ids of a saved split in index order, one per line (written by
+/// [`Split::save_dir`]).
+pub const USERS_FILE: &str = "users.txt";
+/// The item ids of a saved split in index order, one per line.
+pub const ITEMS_FILE: &str = "items.txt";
+
+/// Read an id list ([`USERS_FILE`], [`ITEMS_FILE`]); a duplicate is an error naming the file.
+fn read_ids(path: &Path) -> Result<IdMap> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    IdMap::from_ids(text.lines().map(str::to_string).collect())
+        .map_err(|e| DataError::format(path, e))
 }
 
 /// A split read back from a directory, with the id maps its indices refer to.
@@ -873,10 +906,22 @@ mod tests {
             let back = Split::load_dir(&path, Some(&ds)).unwrap();
             assert_eq!(back.split, s);
             assert_eq!(back.info, info);
-            // Without the dataset the ids are rebuilt from the files; the parts match by id.
+            // Without the dataset, the saved catalogue order gives every index back.
             let free = Split::load_dir(&path, None).unwrap();
-            assert_eq!(free.split.test.nnz(), s.test.nnz());
+            assert_eq!(free.split, s);
+            assert_eq!(free.items.len(), ds.items.len());
+            // Without it too (another tool's directory), ids are interned from the files;
+            // the parts still match by id.
+            std::fs::remove_file(path.join(ITEMS_FILE)).unwrap();
+            let rebuilt = Split::load_dir(&path, None).unwrap();
+            assert_eq!(rebuilt.split.test.nnz(), s.test.nnz());
         }
+        // A duplicated id in the catalogue list is an error naming the file.
+        let path = dir.path().join(SplitKind::Ratio.name());
+        std::fs::write(path.join(ITEMS_FILE), "a\nb\na\n").unwrap();
+        std::fs::write(path.join(USERS_FILE), "u0\n").unwrap();
+        let err = Split::load_dir(&path, None).unwrap_err().to_string();
+        assert!(err.contains(ITEMS_FILE), "{err}");
     }
 
     #[test]
