@@ -1,11 +1,12 @@
-//! What the two autoencoders share: named parameters kept as plain `f32` buffers, a fused Adam,
-//! safetensors I/O, the sparse batch, the sparse first layer, initialisers and the random draws.
+//! What the two autoencoders share: the optimiser step and checkpoint extras, parameter
+//! loading with errors naming the file, the sparse batch, initialisers and the random draws.
 //!
 //! # Why parameters are plain buffers
 //!
-//! The forward and backward passes are written by hand over `gemm` (see `encore_nn`), and Adam
-//! is applied here: the weights, the Adam moments and every counter are plain buffers, so
-//! saving, loading, resuming and hashing them is trivial and exact. The burn helpers below
+//! The forward and backward passes are written by hand over `encore_nn`'s layers, whose
+//! parameters live in one flat [`ParamStore`] buffer named as the safetensors files are; Adam
+//! (`encore_core::Adam`) runs over that buffer, so saving, loading, resuming and hashing the
+//! weights, moments and counters is trivial and exact. The burn helpers below
 //! (`#[cfg(test)]`) build the same models as burn autodiff graphs, the reference the
 //! hand-written gradients are checked against.
 //!
@@ -74,80 +75,19 @@ pub(crate) fn fill_from(
 /// Named tensors read from a safetensors file: name -> (shape, values).
 pub(crate) type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
-/// Adam (Kingma & Ba 2015) as PyTorch implements it (`eps` added to the bias-corrected
-/// `sqrt(v)`), no weight decay: the optimiser of both references (Liang et al. use
-/// TensorFlow's Adam, whose epsilon placement differs by a negligible amount). The moments
-/// are laid out as the model's [`ParamStore`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Adam {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Steps taken.
-    pub t: u64,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+/// The optimiser of both VAEs: `encore_core::Adam`, torch's arithmetic step for step (Liang
+/// et al. use TensorFlow's Adam, whose epsilon placement differs by a negligible amount),
+/// over the flat buffer of the model's [`ParamStore`].
+pub(crate) use encore_core::Adam;
+
+/// A fresh optimiser for `params`.
+pub(crate) fn new_adam(params: &ParamStore, lr: f64) -> Adam {
+    Adam::new(params.n_values(), lr)
 }
 
-impl Adam {
-    pub fn new(params: &ParamStore, lr: f64) -> Self {
-        Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            t: 0,
-            m: vec![0.0; params.n_values()],
-            v: vec![0.0; params.n_values()],
-        }
-    }
-
-    /// One update of `params` with `grads` (laid out as `params`).
-    pub fn step(&mut self, params: &mut ParamStore, grads: &Grads) {
-        use rayon::prelude::*;
-        self.t += 1;
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
-        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
-        let step = (self.lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let eps = self.eps as f32;
-        // Element-wise, so the chunking cannot change the result.
-        params
-            .values_mut()
-            .par_chunks_mut(1 << 14)
-            .zip(self.m.par_chunks_mut(1 << 14))
-            .zip(self.v.par_chunks_mut(1 << 14))
-            .zip(grads.values().par_chunks(1 << 14))
-            .for_each(|(((p, m), v), g)| {
-                for j in 0..p.len() {
-                    m[j] = b1 * m[j] + (1.0 - b1) * g[j];
-                    v[j] = b2 * v[j] + (1.0 - b2) * g[j] * g[j];
-                    p[j] -= step * m[j] / (v[j].sqrt() / bc2_sqrt + eps);
-                }
-            });
-    }
-
-    /// The moments as safetensors entries (`adam.m.<name>`, `adam.v.<name>`).
-    pub fn to_safetensors<'a>(
-        &'a self,
-        params: &'a ParamStore,
-    ) -> Vec<(String, Vec<usize>, &'a [f32])> {
-        let mut out = params.named("adam.m.", &self.m);
-        out.extend(params.named("adam.v.", &self.v));
-        out
-    }
-
-    pub fn fill_from(
-        &mut self,
-        params: &ParamStore,
-        tensors: &NamedTensors,
-        path: &Path,
-    ) -> Result<(), ModelError> {
-        fill_from(params, &mut self.m, tensors, "adam.m.", path)?;
-        fill_from(params, &mut self.v, tensors, "adam.v.", path)
-    }
+/// One Adam step of `params` with `grads` (laid out as `params`; zeroed on the way).
+pub(crate) fn adam_step(adam: &mut Adam, params: &mut ParamStore, grads: &mut Grads) {
+    adam.step(params.values_mut(), grads.values_mut());
 }
 
 /// The counters saved next to the weights in a training checkpoint.
@@ -544,13 +484,12 @@ pub(crate) fn save_training_extras(
     adam: &Adam,
     updates: u64,
 ) -> Result<(), ModelError> {
-    encore_io::write_f32_tensors(
-        &dir.join("adam.safetensors"),
-        &adam.to_safetensors(params),
-        None,
-    )?;
+    // Per tensor, under the parameters' names (`adam.m.<name>`, `adam.v.<name>`).
+    let mut moments = params.named("adam.m.", &adam.m);
+    moments.extend(params.named("adam.v.", &adam.v));
+    encore_io::write_f32_tensors(&dir.join("adam.safetensors"), &moments, None)?;
     let counters = TrainCounters {
-        adam_steps: adam.t,
+        adam_steps: adam.step,
         updates,
     };
     Ok(encore_io::write_bytes(
@@ -566,12 +505,14 @@ pub(crate) fn load_training_extras(
     adam: &mut Adam,
 ) -> Result<u64, ModelError> {
     let path = dir.join("adam.safetensors");
-    adam.fill_from(params, &encore_io::read_f32_tensors(&path)?.map, &path)?;
+    let tensors = encore_io::read_f32_tensors(&path)?.map;
+    fill_from(params, &mut adam.m, &tensors, "adam.m.", &path)?;
+    fill_from(params, &mut adam.v, &tensors, "adam.v.", &path)?;
     let cpath = dir.join("counters.json");
     let text = std::fs::read_to_string(&cpath).map_err(|e| ModelError::io(&cpath, e))?;
     let c: TrainCounters = serde_json::from_str(&text)
         .map_err(|e| ModelError::format(&cpath, format!("not valid counters JSON: {e}")))?;
-    adam.t = c.adam_steps;
+    adam.step = c.adam_steps;
     Ok(c.updates)
 }
 
@@ -715,18 +656,19 @@ mod tests {
     }
 
     /// Adam's first step moves every parameter by `lr` against the gradient's sign
-    /// (bias-corrected `m / sqrt(v) = g / |g|`).
+    /// (bias-corrected `m / sqrt(v) = g / |g|`) and zeroes the gradient.
     #[test]
     fn adam_first_step_is_lr_times_sign() {
         let mut p = ParamStore::new();
         let id = p.add("w", vec![3], vec![1.0, 1.0, 1.0]);
-        let mut adam = Adam::new(&p, 0.1);
+        let mut adam = new_adam(&p, 0.1);
         let mut g = p.zero_grads();
         g.set(id, &[2.0, -0.5, 0.0]);
-        adam.step(&mut p, &g);
+        adam_step(&mut adam, &mut p, &mut g);
         let w = p.get(id);
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] - 1.1).abs() < 1e-6 && w[2] == 1.0);
-        assert_eq!(adam.t, 1);
+        assert_eq!(adam.step, 1);
+        assert!(g.values().iter().all(|&v| v == 0.0));
     }
 
     #[test]

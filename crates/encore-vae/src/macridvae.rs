@@ -71,8 +71,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
-    Adam, Init, SparseBatch,
+    self, adam_step, bias, check_out, checked_history, kl_weight, new_adam, normals, read_meta,
+    write_meta, xavier, Adam, Init, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{
@@ -444,7 +444,7 @@ impl MacridVae {
             hidden,
             encoder,
         };
-        let adam = Adam::new(&params, config.lr);
+        let adam = new_adam(&params, config.lr);
         Ok(MacridVae {
             config,
             n_items,
@@ -572,10 +572,10 @@ impl MacridVae {
         );
         // c_u from the user's training row (the model input).
         let cond = self.cond_vectors(train, users);
-        let (parts, grads) =
+        let (parts, mut grads) =
             self.loss_and_grads(front, &x, cond.as_deref(), &noise, beta, &mut scratch);
         self.scratch = scratch;
-        self.adam.step(&mut self.params, &grads);
+        adam_step(&mut self.adam, &mut self.params, &mut grads);
         self.updates += 1;
         parts
     }

@@ -60,8 +60,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, bias, check_out, checked_history, kl_weight, normals, read_meta, write_meta, xavier,
-    Adam, Init, LossParts, SparseBatch,
+    self, adam_step, bias, check_out, checked_history, kl_weight, new_adam, normals, read_meta,
+    write_meta, xavier, Adam, Init, LossParts, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, param_tensor, sparse_linear, to_vec};
@@ -564,7 +564,7 @@ impl MultiVae {
             encoder,
             decoder,
         };
-        let adam = Adam::new(&params, config.lr);
+        let adam = new_adam(&params, config.lr);
         Ok(MultiVae {
             config,
             n_items,
@@ -644,8 +644,8 @@ impl MultiVae {
         );
         // c_u from the user's training row (the model input), not the dropped-out copy.
         let cond = self.cond_vectors(train, users);
-        let (parts, grads) = self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta);
-        self.adam.step(&mut self.params, &grads);
+        let (parts, mut grads) = self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta);
+        adam_step(&mut self.adam, &mut self.params, &mut grads);
         self.updates += 1;
         parts
     }
@@ -1104,7 +1104,7 @@ mod tests {
         }
         assert!(last < first * 0.8, "{first} -> {last}");
         assert_eq!(m.updates(), 201);
-        assert_eq!(m.adam.t, 201);
+        assert_eq!(m.adam.step, 201);
     }
 
     #[test]
