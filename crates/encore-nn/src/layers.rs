@@ -132,7 +132,10 @@ impl Dense {
             return None;
         }
         let s = side.expect("a layer with side-input rows needs the side input");
-        assert!(s.repeats > 0 && rows % s.repeats == 0, "side repeats");
+        assert!(
+            s.repeats > 0 && rows.is_multiple_of(s.repeats),
+            "side repeats"
+        );
         assert_eq!(
             s.values.len(),
             rows / s.repeats * self.side,

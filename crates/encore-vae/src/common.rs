@@ -541,7 +541,7 @@ mod tests {
         assert_eq!(got.offsets(), want.offsets());
         assert_eq!(got.cols(), want.cols());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
-        assert_eq!(bits(&got.values()), bits(&want.values()));
+        assert_eq!(bits(got.values()), bits(want.values()));
         assert!(got.values().iter().all(|v| *v > 0.0 && *v <= 1.0));
         // The training batch: binary rows and the dropped-out input, the same random draws.
         for p in [0.0, 0.5] {
@@ -552,7 +552,7 @@ mod tests {
             for (got, want) in [(&got_x, &want_x), (&got_in, &want_in)] {
                 assert_eq!(got.offsets(), want.offsets(), "p {p}");
                 assert_eq!(got.cols(), want.cols(), "p {p}");
-                assert_eq!(bits(&got.values()), bits(&want.values()), "p {p}");
+                assert_eq!(bits(got.values()), bits(want.values()), "p {p}");
             }
             assert!(p == 0.0 || got_in.cols().len() < got_x.cols().len());
             assert_eq!(
