@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the synthetic music world: generating the `small` preset and
 //! writing it in the Onion layout. The `onion` preset (50M interactions) is measured by the
-//! ignored test `synth::tests::measure` instead, which reports time and peak memory once:
-//! `ENCORE_SYNTH_PRESET=onion cargo test -p encore-data --release --lib synth::tests::measure -- --ignored --nocapture`.
+//! example `synth_measure` instead, which reports time and peak memory once:
+//! `cargo run --release -p encore-data --example synth_measure -- onion`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use encore_data::synth::{generate, write_onion_layout, Preset, SynthConfig};

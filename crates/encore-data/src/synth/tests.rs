@@ -739,44 +739,6 @@ fn existing_targets_are_replaced_only_when_they_are_worlds() {
     assert_eq!(entries(root.path()), ["foreign", "other", "out", "plain"]);
 }
 
-/// Peak resident memory of this process so far (Linux), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Generation and write time and peak memory of a preset; run one preset per process so the
-/// peak is its own:
-/// `ENCORE_SYNTH_PRESET=onion cargo test -p encore-data --release synth::tests::measure -- --ignored --nocapture`.
-/// Output goes under `ENCORE_SYNTH_OUT` (default: the system temp dir) and is deleted.
-#[test]
-#[ignore = "measurement; run by hand in release mode"]
-fn measure() {
-    let preset: Preset = std::env::var("ENCORE_SYNTH_PRESET")
-        .unwrap_or_else(|_| "small".into())
-        .parse()
-        .unwrap();
-    let base = std::env::var_os("ENCORE_SYNTH_OUT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let root = tempfile::tempdir_in(base).unwrap();
-    let t = std::time::Instant::now();
-    let w = generate(&SynthConfig::preset(preset), 2020).unwrap();
-    let gen_s = t.elapsed().as_secs_f64();
-    let summary = write_onion_layout(&w, &root.path().join(preset.name())).unwrap();
-    let bytes: u64 = summary.files.iter().map(|f| f.bytes).sum();
-    println!("{}", summary.stats);
-    println!(
-        "preset {preset}: generate {gen_s:.2} s, write {:.2} s ({:.2} GB), peak RSS {:.0} MiB, threads {}",
-        summary.seconds,
-        bytes as f64 / 1e9,
-        peak_rss_mib().unwrap_or(f64::NAN),
-        rayon::current_num_threads()
-    );
-}
-
 #[test]
 fn the_project_onion_readers_read_the_written_world() {
     use crate::readers::{read_interactions, read_item_names, InteractionFormat};
