@@ -312,6 +312,15 @@ impl Csr {
     /// within a range, passes of [`COL_BLOCK`] columns keep the `[rows, COL_BLOCK]` slab of
     /// `G` in L2 (as [`Csr::times_dense`]). The sums do not depend on the split.
     pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
+        let mut dw = vec![0f32; n_cols * out];
+        self.transpose_times_into(g, out, &mut dw);
+        dw
+    }
+
+    /// [`Csr::transpose_times`] into `dw` (`[n_cols, out]`, any contents; overwritten), so a
+    /// gradient buffer kept between steps is written in place.
+    pub fn transpose_times_into(&self, g: &[f32], out: usize, dw: &mut [f32]) {
+        let n_cols = dw.len() / out.max(1);
         // Entries grouped by column, stable (batch order within a column).
         let mut starts = vec![0usize; n_cols + 1];
         for &c in &self.cols {
@@ -331,12 +340,11 @@ impl Csr {
                 fill[c] += 1;
             }
         }
-        let mut dw = vec![0f32; n_cols * out];
         if dw.is_empty() {
-            return dw;
+            return;
         }
         let isa = Isa::detect();
-        balanced_column_ranges(&mut dw, &starts, out)
+        balanced_column_ranges(dw, &starts, out)
             .into_par_iter()
             .for_each(|(lo, ds)| {
                 let zero = [0f32; COL_BLOCK];
@@ -356,7 +364,6 @@ impl Csr {
                     }
                 }
             });
-        dw
     }
 
     /// `X^T G` restricted to the value gradient: `dv_e = <W[col_e, :], G[row_e, :]>` (the
@@ -778,12 +785,22 @@ impl FacetCsr {
     /// users in batch order, so every item sums its contributions in batch order, facets in
     /// order, whatever the number of threads.
     pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
+        let mut dw = vec![0f32; n_cols * out];
+        self.transpose_times_into(g, out, &mut dw);
+        dw
+    }
+
+    /// [`FacetCsr::transpose_times`] into `dw` (`[n_cols, out]`, any contents; overwritten),
+    /// so a gradient buffer kept between steps is written in place.
+    pub fn transpose_times_into(&self, g: &[f32], out: usize, dw: &mut [f32]) {
+        let n_cols = dw.len() / out.max(1);
         let (k, b) = (self.n_facets, self.n_users);
         assert_eq!(g.len(), k * b * out, "gradient size");
-        let mut dw = vec![0f32; n_cols * out];
         if dw.is_empty() {
-            return dw;
+            return;
         }
+        // The range passes add into their rows.
+        dw.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
         // The ranges only split the work: any split gives the same sums. Every range walks
         // all users and reloads the gradient rows of each user it touches, so more ranges
         // than threads would cost memory traffic.
@@ -793,11 +810,10 @@ impl FacetCsr {
             starts[c + 1] += starts[c];
         }
         let isa = Isa::detect();
-        let ranges = balanced_column_ranges(&mut dw, &starts, out);
+        let ranges = balanced_column_ranges(dw, &starts, out);
         ranges.into_par_iter().for_each(|(lo, dw)| {
             transpose_times_range(isa, dw, lo, self, g, out);
         });
-        dw
     }
 
     /// The value gradient of [`FacetCsr::times_dense_into`]: `dv[e, f] = <W[col_e, :], G[f * B +

@@ -178,7 +178,8 @@ impl ParamStore {
 }
 
 /// Gradients laid out as a [`ParamStore`]: one flat buffer, zero where a pass wrote nothing.
-#[derive(Clone, Debug, PartialEq)]
+/// (The default is empty: a placeholder while a model's buffer is lent out.)
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Grads {
     data: Vec<f32>,
     ranges: Vec<Range<usize>>,

@@ -260,6 +260,8 @@ pub(crate) struct Scratch {
     first_out: Vec<f32>,
     /// The gradient at the first layer's output `[K * B, hidden]`.
     first_grad: Vec<f32>,
+    /// The parameters' gradients (zeroed by Adam after each step; empty until the first).
+    grads: encore_nn::Grads,
     /// Users per block of the training decoder; `None`: from the sizes (tests set it to
     /// check that blocking keeps the loss and gradients).
     block_users: Option<usize>,
@@ -425,6 +427,7 @@ impl MacridVae {
                     } else {
                         Activation::Tanh
                     };
+                    // `K x B` facet rows: gemm's faster shape for the weight gradient.
                     Dense::new(
                         &mut params,
                         &format!("encoder.{l}"),
@@ -433,6 +436,7 @@ impl MacridVae {
                         w,
                         b,
                     )
+                    .with_weight_grad_via_transpose()
                 })
                 .collect(),
         );
@@ -574,8 +578,9 @@ impl MacridVae {
         let cond = self.cond_vectors(train, users);
         let (parts, mut grads) =
             self.loss_and_grads(front, &x, cond.as_deref(), &noise, beta, &mut scratch);
-        self.scratch = scratch;
         adam_step(&mut self.adam, &mut self.params, &mut grads);
+        scratch.grads = grads;
+        self.scratch = scratch;
         self.updates += 1;
         parts
     }

@@ -227,6 +227,9 @@ pub struct MultiVae {
     params: ParamStore,
     net: Net,
     adam: Adam,
+    /// The gradient buffer, kept between steps (Adam zeroes it on the way): fresh pages for
+    /// every step's few megabytes of gradients cost more than the products that fill them.
+    grads: Grads,
     updates: u64,
     /// The item features `c_u` is computed from (MultiVAE-C); `None` for `conditioning = none`.
     cond: Option<Conditioning>,
@@ -378,6 +381,7 @@ impl MultiVae {
         cond: Option<&[f32]>,
         eps: &[f32],
         beta: f64,
+        mut grads: Grads,
     ) -> (StepLoss, Grads) {
         let (b, d, n) = (x.n_rows(), self.config.latent_dim, self.n_items);
         let side = cond.map(|c| Side::new(c, 1));
@@ -434,7 +438,6 @@ impl MultiVae {
         }
         kl /= b.max(1) as f64;
 
-        let mut grads = self.params.zero_grads();
         // The logits layer is linear: its output is not needed for the backward pass.
         let dz = self
             .net
@@ -568,6 +571,7 @@ impl MultiVae {
         Ok(MultiVae {
             config,
             n_items,
+            grads: params.zero_grads(),
             params,
             net,
             adam,
@@ -644,8 +648,11 @@ impl MultiVae {
         );
         // c_u from the user's training row (the model input), not the dropped-out copy.
         let cond = self.cond_vectors(train, users);
-        let (parts, mut grads) = self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta);
+        let grads = std::mem::take(&mut self.grads);
+        let (parts, mut grads) =
+            self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta, grads);
         adam_step(&mut self.adam, &mut self.params, &mut grads);
+        self.grads = grads;
         self.updates += 1;
         parts
     }
@@ -940,8 +947,14 @@ mod tests {
         let eps = normals(&mut rng, users.len() * d, 0.7);
         let beta = 0.37;
         let cond = m.cond_vectors(&train, &users);
-        let (parts, grads) =
-            m.loss_and_grads(&x.to_csr(), &input.to_csr(), cond.as_deref(), &eps, beta);
+        let (parts, grads) = m.loss_and_grads(
+            &x.to_csr(),
+            &input.to_csr(),
+            cond.as_deref(),
+            &eps,
+            beta,
+            m.params.zero_grads(),
+        );
         let device = cpu().autodiff();
         let layers = Layers::new(&m.params, &device);
         let (loss, recon, kl) = m.loss(&layers, &x, &input, cond.as_deref(), eps, beta, &device);

@@ -639,7 +639,10 @@ impl MacridVae {
                 }
             });
         // Shared encoder backward, then the first layer's tanh and weights.
-        let mut grads = p.zero_grads();
+        let mut grads = std::mem::take(&mut scratch.grads);
+        if grads.values().len() != p.n_values() {
+            grads = p.zero_grads();
+        }
         let side = cond.map(|c| Side::new(c, k));
         let mut dh = std::mem::take(&mut scratch.first_grad);
         net.encoder
@@ -647,7 +650,9 @@ impl MacridVae {
         let mut dy = dh;
         tanh_backward(&mut dy, t.enc.input(0));
         let hidden = net.hidden;
-        grads.set(net.first_w, &t.front.first.transpose_times(&dy, hidden, n));
+        t.front
+            .first
+            .transpose_times_into(&dy, hidden, grads.get_mut(net.first_w));
         grads.set(net.first_b, &col_sums(&dy, hidden));
         // The first layer's values carry gradient to C.
         let dv = t.front.first.value_grads(p.get(net.first_w), &dy, hidden);
