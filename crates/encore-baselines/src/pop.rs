@@ -121,7 +121,7 @@ impl Recommender for Pop {
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         let path = dir.join("pop.json");
         let text = serde_json::to_string(&self.scores).expect("f32 vector serialises");
-        std::fs::write(&path, text).map_err(|e| ModelError::io(&path, e))
+        Ok(encore_io::write_bytes(&path, text.as_bytes())?)
     }
 }
 

@@ -5,7 +5,7 @@
 //! Rows are formatted in parallel in fixed groups (256 users or 64 tracks), and written in
 //! group order, so the bytes do not depend on the number of threads.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -380,7 +380,7 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Write a header and `n_groups` groups of rows formatted by `fill`, in group order, a window
-/// of groups formatted in parallel at a time; then sync the file.
+/// of groups formatted in parallel at a time, written through `encore_io` (synced).
 fn write_table<F>(
     dir: &Path,
     name: &str,
@@ -393,28 +393,28 @@ where
     F: Fn(usize, &mut Vec<u8>) + Sync,
 {
     let path = dir.join(name);
-    let mut file = File::create(&path).map_err(|e| DataError::io(&path, e))?;
-    file.write_all(header)
-        .map_err(|e| DataError::io(&path, e))?;
     let mut bytes = header.len() as u64;
-    let mut start = 0;
-    while start < n_groups {
-        let end = (start + WINDOW).min(n_groups);
-        let buffers: Vec<Vec<u8>> = (start..end)
-            .into_par_iter()
-            .map(|g| {
-                let mut buf = Vec::with_capacity(1 << 16);
-                fill(g, &mut buf);
-                buf
-            })
-            .collect();
-        for buf in &buffers {
-            file.write_all(buf).map_err(|e| DataError::io(&path, e))?;
-            bytes += buf.len() as u64;
+    encore_io::write_atomic(&path, |file| {
+        file.write_all(header)?;
+        let mut start = 0;
+        while start < n_groups {
+            let end = (start + WINDOW).min(n_groups);
+            let buffers: Vec<Vec<u8>> = (start..end)
+                .into_par_iter()
+                .map(|g| {
+                    let mut buf = Vec::with_capacity(1 << 16);
+                    fill(g, &mut buf);
+                    buf
+                })
+                .collect();
+            for buf in &buffers {
+                file.write_all(buf)?;
+                bytes += buf.len() as u64;
+            }
+            start = end;
         }
-        start = end;
-    }
-    file.sync_all().map_err(|e| DataError::io(&path, e))?;
+        Ok(())
+    })?;
     Ok(WrittenFile {
         name: name.to_string(),
         rows,
