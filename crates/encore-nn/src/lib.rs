@@ -23,6 +23,7 @@
 //! ([`FacetCsr`]) is parallel over users (forward, value gradients) and over item ranges
 //! that each walk the users in batch order (weight gradient).
 
+pub mod diffusion;
 pub mod kernels;
 pub mod layers;
 pub mod matmul;
