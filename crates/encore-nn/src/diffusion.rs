@@ -90,7 +90,7 @@ impl Schedule {
             alpha_bar.push(prod);
         }
         let last = alpha_bar[steps - 1];
-        if !(last >= f32::MIN_POSITIVE as f64) {
+        if last.is_nan() || last < f32::MIN_POSITIVE as f64 {
             return err(
                 "steps",
                 format!(
