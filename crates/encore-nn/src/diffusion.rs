@@ -402,6 +402,142 @@ impl Denoiser {
     }
 }
 
+/// One training pass of the diffusion term on a batch of clean latents (MODELS.md): `z_t =
+/// √ᾱ_t z_0 + √(1 − ᾱ_t) ε` at each row's step, the denoiser's prediction, the denoised
+/// estimate `ẑ_0` (the model decodes it) and the denoising loss `‖target − prediction‖²`
+/// (`target` = `ε` or `z_0`), summed over the latent's dimensions and averaged over the
+/// batch, as the reconstruction and KL terms are.
+#[derive(Clone, Debug)]
+pub struct DiffusionPass {
+    /// `ẑ_0` `[rows, latent]`: what the decoder reconstructs from.
+    pub x0_hat: Vec<f32>,
+    /// The denoising loss (before `λ_diff`).
+    pub loss: f64,
+    z0: Vec<f32>,
+    eps: Vec<f32>,
+    steps: Vec<usize>,
+    pred: Vec<f32>,
+    trace: DenoiserTrace,
+    mean_type: MeanType,
+}
+
+impl Denoiser {
+    /// The forward part of [`DiffusionPass`]: `steps` (one per row) and `eps` are the
+    /// caller's draws.
+    #[allow(clippy::too_many_arguments)]
+    pub fn diffusion_pass(
+        &self,
+        store: &ParamStore,
+        schedule: &Schedule,
+        mean_type: MeanType,
+        z0: &[f32],
+        steps: &[usize],
+        eps: &[f32],
+        cond: Option<Side<'_>>,
+    ) -> DiffusionPass {
+        let d = self.latent;
+        assert!(
+            z0.len() == steps.len() * d && eps.len() == z0.len(),
+            "batch sizes"
+        );
+        let mut zt = vec![0f32; z0.len()];
+        for (r, &t) in steps.iter().enumerate() {
+            let rg = r * d..(r + 1) * d;
+            schedule.q_sample(&z0[rg.clone()], &eps[rg.clone()], t, &mut zt[rg]);
+        }
+        let (pred, trace) = self.forward(store, &zt, steps, cond);
+        let target = match mean_type {
+            MeanType::Eps => eps,
+            MeanType::X0 => z0,
+        };
+        let rows = steps.len().max(1) as f64;
+        let loss = target
+            .iter()
+            .zip(&pred)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / rows;
+        let x0_hat = match mean_type {
+            MeanType::X0 => pred.clone(),
+            MeanType::Eps => {
+                let mut x0 = vec![0f32; zt.len()];
+                for (r, &t) in steps.iter().enumerate() {
+                    let rg = r * d..(r + 1) * d;
+                    schedule.x0_from_eps(&zt[rg.clone()], &pred[rg.clone()], t, &mut x0[rg]);
+                }
+                x0
+            }
+        };
+        DiffusionPass {
+            x0_hat,
+            loss,
+            z0: z0.to_vec(),
+            eps: eps.to_vec(),
+            steps: steps.to_vec(),
+            pred,
+            trace,
+            mean_type,
+        }
+    }
+
+    /// The backward part: given `dL/dẑ_0` from the decoder and the weight `lambda` of the
+    /// denoising loss in the total, writes the denoiser's gradients into `grads` and returns
+    /// `dL/dz_0` (through `z_t`, through `ẑ_0`, and for `x0` through the target).
+    pub fn diffusion_backward(
+        &self,
+        store: &ParamStore,
+        schedule: &Schedule,
+        pass: &DiffusionPass,
+        d_x0_hat: &[f32],
+        lambda: f64,
+        cond: Option<Side<'_>>,
+        grads: &mut Grads,
+    ) -> Vec<f32> {
+        let d = self.latent;
+        let n = pass.z0.len();
+        assert_eq!(d_x0_hat.len(), n, "gradient size");
+        let rows = pass.steps.len().max(1) as f32;
+        let c = (2.0 * lambda) as f32 / rows;
+        let target = match pass.mean_type {
+            MeanType::Eps => &pass.eps,
+            MeanType::X0 => &pass.z0,
+        };
+        // dL/dprediction: the denoising loss, plus the decoder's gradient through ẑ_0.
+        let mut dpred = vec![0f32; n];
+        // dL/dz_t outside the denoiser (ẑ_0 = (z_t − s ε̂) / a for eps).
+        let mut dzt_direct = vec![0f32; n];
+        for (r, &t) in pass.steps.iter().enumerate() {
+            let (a, s) = (
+                schedule.alpha_bar(t).sqrt() as f32,
+                (1.0 - schedule.alpha_bar(t)).sqrt() as f32,
+            );
+            for j in r * d..(r + 1) * d {
+                let ddiff = -c * (target[j] - pass.pred[j]);
+                match pass.mean_type {
+                    MeanType::X0 => dpred[j] = ddiff + d_x0_hat[j],
+                    MeanType::Eps => {
+                        dpred[j] = ddiff - d_x0_hat[j] * s / a;
+                        dzt_direct[j] = d_x0_hat[j] / a;
+                    }
+                }
+            }
+        }
+        let dzt = self.backward(store, &pass.trace, &pass.pred, dpred, cond, grads);
+        let mut dz0 = vec![0f32; n];
+        for (r, &t) in pass.steps.iter().enumerate() {
+            let a = schedule.alpha_bar(t).sqrt() as f32;
+            for j in r * d..(r + 1) * d {
+                dz0[j] = a * (dzt[j] + dzt_direct[j]);
+                if pass.mean_type == MeanType::X0 {
+                    // The target z_0 is the latent itself.
+                    dz0[j] += c * (pass.z0[j] - pass.pred[j]);
+                }
+            }
+        }
+        dz0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,5 +760,98 @@ mod tests {
         assert_eq!(run(1, false), run(3, false));
         assert_eq!(run(1, true), run(3, true));
         assert_ne!(run(1, true), run(1, false));
+    }
+
+    /// The whole diffusion term against burn: `L = Σ ẑ_0 ⊙ r + λ ‖target − f(z_t)‖² / B` with
+    /// `z_t` built from a tracked `z_0`, for both mean types: every denoiser parameter and
+    /// `dL/dz_0`.
+    #[test]
+    fn diffusion_pass_matches_burn_autodiff() {
+        use burn::tensor::{Device, Tensor, TensorData};
+        let s = Schedule::paper();
+        let (d, rows, lambda) = (4usize, 3usize, 0.7f64);
+        let z0: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.53).sin()).collect();
+        let eps: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.29).cos()).collect();
+        let r: Vec<f32> = (0..rows * d)
+            .map(|i| (i as f32 * 0.71).sin() * 0.5)
+            .collect();
+        let cu: Vec<f32> = (0..rows * 2).map(|i| i as f32 * 0.1 - 0.2).collect();
+        let steps = [3usize, 250, 998];
+        for mt in [MeanType::Eps, MeanType::X0] {
+            let mut store = ParamStore::new();
+            let den = tiny_denoiser(&mut store, 2);
+            let side = Some(Side::new(&cu, 1));
+            let pass = den.diffusion_pass(&store, &s, mt, &z0, &steps, &eps, side);
+            let mut grads = store.zero_grads();
+            let dz0 = den.diffusion_backward(&store, &s, &pass, &r, lambda, side, &mut grads);
+
+            let dev = Device::flex().autodiff();
+            let t2 = |v: &[f32], sh: [usize; 2], track: bool| {
+                let t = Tensor::<2>::from_data(TensorData::new(v.to_vec(), sh), &dev);
+                if track {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            };
+            let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
+            let params: Vec<(crate::ParamId, Tensor<2>)> = store
+                .ids()
+                .map(|id| {
+                    let sh = store.shape(id).to_vec();
+                    let shape = if sh.len() == 1 {
+                        [1, sh[0]]
+                    } else {
+                        [sh[0], sh[1]]
+                    };
+                    (id, t2(store.get(id), shape, true))
+                })
+                .collect();
+            let p = |i: usize| params[i].1.clone();
+            let col = |f: &dyn Fn(usize) -> f64| {
+                let v: Vec<f32> = steps.iter().map(|&t| f(t) as f32).collect();
+                t2(&v, [rows, 1], false)
+            };
+            let a = col(&|t| s.alpha_bar(t).sqrt());
+            let sd = col(&|t| (1.0 - s.alpha_bar(t)).sqrt());
+            let z0t = t2(&z0, [rows, d], true);
+            let epst = t2(&eps, [rows, d], false);
+            let zt = z0t.clone() * a.clone() + epst.clone() * sd.clone();
+            let mut sin = vec![0f32; rows * 8];
+            for (row, &t) in sin.chunks_exact_mut(8).zip(&steps) {
+                time_embedding(t as f64, 8, row);
+            }
+            let tfeat = t2(&sin, [rows, 8], false).matmul(p(0)) + p(1);
+            let x = Tensor::cat(vec![zt.clone(), tfeat, t2(&cu, [rows, 2], false)], 1);
+            let h1 = (x.matmul(p(2)) + p(3)).tanh();
+            let h2 = (h1.matmul(p(4)) + p(5)).tanh();
+            let pred = h2.matmul(p(6)) + p(7);
+            let (x0_hat, target) = match mt {
+                MeanType::Eps => ((zt - pred.clone() * sd) / a, epst),
+                MeanType::X0 => (pred.clone(), z0t.clone()),
+            };
+            for (u, v) in pass.x0_hat.iter().zip(host(x0_hat.clone())) {
+                assert!(
+                    (u - v).abs() < 1e-4 * (1.0 + v.abs()),
+                    "{mt:?} x0_hat {u} vs {v}"
+                );
+            }
+            let diff = (target - pred).powf_scalar(2.0).sum() * (lambda / rows as f64);
+            let loss = (x0_hat * t2(&r, [rows, d], false)).sum() + diff;
+            let g = loss.backward();
+            let close = |got: &[f32], want: Vec<f32>, what: &str| {
+                for (u, v) in got.iter().zip(&want) {
+                    assert!(
+                        (u - v).abs() < 1e-4 + 1e-3 * v.abs(),
+                        "{mt:?} {what}: {u} vs {v}"
+                    );
+                }
+                assert!(got.iter().any(|&v| v != 0.0), "{mt:?} {what} all zero");
+            };
+            for (id, t) in &params {
+                close(grads.get(*id), host(t.grad(&g).unwrap()), store.name(*id));
+            }
+            close(&dz0, host(z0t.grad(&g).unwrap()), "dz_0");
+        }
     }
 }
