@@ -483,6 +483,7 @@ impl Denoiser {
     /// The backward part: given `dL/dẑ_0` from the decoder and the weight `lambda` of the
     /// denoising loss in the total, writes the denoiser's gradients into `grads` and returns
     /// `dL/dz_0` (through `z_t`, through `ẑ_0`, and for `x0` through the target).
+    #[allow(clippy::too_many_arguments)]
     pub fn diffusion_backward(
         &self,
         store: &ParamStore,
