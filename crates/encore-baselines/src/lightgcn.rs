@@ -45,8 +45,7 @@
 //! `baselines_scale` measures steps and extrapolates). `sparse_adam = true` (default
 //! off) applies the lazy Adam of BPR-MF's module docs to the rows with a non-zero gradient;
 //! with `L ≥ 1` that is the batch's `L`-hop neighbourhood, nearly every row on a dense graph,
-//! so it saves nothing measurable there (5.9-7.1 s vs 6.8-7.2 s a step at Onion scale, two
-//! runs on two loaded cores).
+//! so it saves nothing measurable there (docs/PERFORMANCE.md).
 //!
 //! **Fold-in.** A user the model never trained on is scored by the mean of the final
 //! embeddings of their history's items: `p = mean_{i ∈ h} F_i`, `s_j = p · F_j`. In

@@ -271,8 +271,7 @@ impl SparseBatch {
     /// A training batch straight into CSR: the users' binary rows `x` and the encoder's
     /// input, the rows divided by their L2 norms with inverted dropout `p` (the bits and the
     /// random draws of `from_users(m, users)`, `.l2_normalised().dropout(p, rng)` and
-    /// `.to_csr()` of both, without the coordinate lists and copies: 2.0 -> 1.1 ms per
-    /// MultiVAE ml-100k step on one thread, most of what is left being the random draws).
+    /// `.to_csr()` of both, without their coordinate lists and copies).
     pub fn training_csr(
         m: &InteractionMatrix,
         users: &[u32],

@@ -46,10 +46,9 @@ const REDUCE_ROWS: usize = 64;
 
 /// The training decoder's budget for one block's `Q` (all facets): 256 MiB, 64 users of a
 /// 57,000-item catalogue with 10 facets (the whole batch's would be 4.7 GB). Measured at that
-/// size (`examples/scale`, 2 threads): 64 to 512 users per block ran alike (4.8-5.2 s per
-/// batch before the facet-parallel pass and the `dSᵀ z` shape below; 64 and 128 users 4.3-4.4
-/// s after), 16 users 5.9 s (the item gradient's accumulator is read and written once per
-/// block). Blocks small enough to stay in the last-level cache gained nothing here.
+/// size (`examples/scale`, figures in docs/PERFORMANCE.md): 64 to 512 users per block run
+/// alike, 16 users slower (the item gradient's accumulator is read and written once per
+/// block); blocks small enough to stay in the last-level cache gained nothing.
 const DECODER_BLOCK_BYTES: usize = 256 << 20;
 
 /// Users per block of [`MacridVae::decoder_train`]: the whole batch when its `Q` fits
@@ -358,8 +357,8 @@ impl MacridVae {
     ///
     /// The batch is taken in blocks of users ([`decoder_block_users`]), so that the step
     /// holds one block's `Q` (`K x b x I`) instead of the batch's: at Onion scale 146 MB
-    /// instead of 4.7 GB (peak memory 6.6 -> 1.7 GB, and the first step no longer spends 13 s
-    /// faulting in fresh pages). The loss of a user needs all its facets, so each block runs
+    /// instead of 4.7 GB, which also spares the first step faulting in gigabytes of fresh
+    /// pages. The loss of a user needs all its facets, so each block runs
     /// the decoder, the loss and the decoder's backward pass before the next one. When the
     /// batch fits in one block (ml-100k) the sums are the unblocked ones, bit for bit; with
     /// several blocks `dC` and the item gradient add up block by block (the same terms in
