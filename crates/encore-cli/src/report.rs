@@ -1,5 +1,6 @@
 //! `encore report`: one table of the test metrics of several runs (e.g. each conditioning
-//! kind against none), as text, Markdown or CSV.
+//! kind against none), as text, Markdown or CSV; with `--curves`, the runs' learning curves
+//! (validation metric against epochs and against minutes), one pair of PNGs per model.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use encore_eval::MetricReport;
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore report runs/demo/runs/*\n  encore report runs/lastfm-* --k 10 --markdown\n  encore report runs/a runs/b --csv results.csv"
+    after_help = "Examples:\n  encore report runs/demo/runs/*\n  encore report runs/lastfm-* --k 10 --markdown\n  encore report runs/a runs/b --csv results.csv\n  encore report runs/mv-* runs/macrid-* --curves plots/"
 )]
 pub struct ReportArgs {
     /// Run directories (each with run.json, config.toml and metrics.json).
@@ -25,11 +26,22 @@ pub struct ReportArgs {
     /// Also write the rows as CSV to this file.
     #[arg(long)]
     pub csv: Option<PathBuf>,
+    /// Also draw learning curves into this folder: for each model among the runs,
+    /// `<model>-epochs.png` and `<model>-minutes.png`, one line per run (runs without
+    /// validated epochs, e.g. closed-form models, are left out).
+    #[arg(long, value_name = "DIR")]
+    pub curves: Option<PathBuf>,
+    /// The validation metric of the curves, as logged (e.g. ndcg@10, recall@20).
+    #[arg(long, default_value = "ndcg@10")]
+    pub metric: String,
 }
 
 /// One run's row: its label (directory name, model, conditioning) and test metrics.
 struct Row {
     label: String,
+    /// The run directory's name and its model (for the curves).
+    name: String,
+    model: String,
     report: MetricReport,
     best_epoch: Option<usize>,
 }
@@ -59,6 +71,8 @@ fn read_row(dir: &std::path::Path) -> Result<Row> {
         .unwrap_or_default();
     Ok(Row {
         label: format!("{name} ({}, {conditioning})", info.model),
+        name,
+        model: info.model.clone(),
         report: MetricReport {
             n_evaluated: metrics.test_users,
             n_skipped: metrics.skipped_users_test,
@@ -121,6 +135,45 @@ pub fn run(args: ReportArgs) -> Result<()> {
             Ok(())
         })?;
         println!("wrote {}", path.display());
+    }
+    if let Some(out) = &args.curves {
+        curves(&args, &rows, out)?;
+    }
+    Ok(())
+}
+
+/// The learning curves of `rows`' runs, grouped by model, into `out`.
+fn curves(args: &ReportArgs, rows: &[Row], out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let mut written = 0;
+    for model in models {
+        let mut runs = Vec::new();
+        for (row, dir) in rows.iter().zip(&args.runs) {
+            if row.model != model {
+                continue;
+            }
+            let log = encore_core::trainer::read_log(&dir.join("log.jsonl"))?;
+            runs.push((row.name.clone(), log));
+        }
+        let files = encore_core::trainer::plot_curves(out, model, &runs, &args.metric)
+            .map_err(|e| anyhow::anyhow!("drawing the {model} curves: {e}"))?;
+        if files.is_empty() {
+            println!("{model}: no run has validated epochs with {}", args.metric);
+        }
+        for f in &files {
+            println!("wrote {}", f.display());
+        }
+        written += files.len();
+    }
+    if written == 0 {
+        bail!(
+            "--curves: none of the runs logged a validation {} (closed-form models have no \
+             epochs; trained runs log the metrics of --k)",
+            args.metric
+        );
     }
     Ok(())
 }

@@ -1068,3 +1068,46 @@ fn itemknn_trains_evaluates_and_recommends_through_the_registry() {
         "{err}"
     );
 }
+
+/// `encore report --curves`: one pair of learning-curve PNGs per model, one line per run;
+/// closed-form runs are left out, and runs with no curve at all are an error.
+#[test]
+fn report_draws_learning_curves_per_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tiny_data(tmp.path());
+    let mut runs = Vec::new();
+    for (model, seed) in [("multivae", "1"), ("multivae", "2"), ("pop", "1")] {
+        let run = tmp.path().join(format!("{model}-{seed}"));
+        let mut args = vec![
+            "train",
+            "--model",
+            model,
+            "--data",
+            s(&data),
+            "--seed",
+            seed,
+            "--out",
+            s(&run),
+        ];
+        if model != "pop" {
+            args.extend(["--set", "train.epochs=3"]);
+        }
+        ok(&args);
+        runs.push(run);
+    }
+    let plots = tmp.path().join("plots");
+    let mut args = vec!["report"];
+    args.extend(runs.iter().map(|r| s(r)));
+    args.extend(["--curves", s(&plots)]);
+    let out = ok(&args);
+    for name in ["multivae-epochs.png", "multivae-minutes.png"] {
+        let bytes = std::fs::read(plots.join(name)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{name} is a PNG");
+        assert!(bytes.len() > 10_000, "{name}: {} bytes", bytes.len());
+        assert!(out.contains(name), "{out}");
+    }
+    assert!(!plots.join("pop-epochs.png").exists());
+    // A closed-form run alone has no curve to draw.
+    let err = fails(&["report", s(&runs[2]), "--curves", s(&plots)]);
+    assert!(err.contains("--curves") && err.contains("ndcg@10"), "{err}");
+}

@@ -472,10 +472,28 @@ fn draw_line_plot(
     x_label: &str,
     y_label: &str,
 ) -> Result<(), String> {
+    draw_lines(
+        path,
+        &[(String::new(), points.to_vec())],
+        caption,
+        x_label,
+        y_label,
+    )
+}
+
+/// One line per series (with markers), a legend when there are several; written through
+/// `encore_io` (a temporary file, synced and renamed).
+fn draw_lines(
+    path: &Path,
+    series: &[(String, Vec<(f64, f64)>)],
+    caption: &str,
+    x_label: &str,
+    y_label: &str,
+) -> Result<(), String> {
     use plotters::prelude::*;
     register_font()?;
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in points {
+    for &(x, y) in series.iter().flat_map(|s| &s.1) {
         x0 = x0.min(x);
         x1 = x1.max(x);
         y0 = y0.min(y);
@@ -507,18 +525,90 @@ fn draw_line_plot(
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                BLUE.stroke_width(2),
-            ))
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
-            .map_err(|e| e.to_string())?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = if series.len() == 1 {
+                BLUE
+            } else {
+                let (r, g, b) = Palette99::pick(i).rgb();
+                RGBColor(r, g, b)
+            };
+            let line = chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| e.to_string())?;
+            if series.len() > 1 {
+                line.label(name.as_str()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+            }
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        if series.len() > 1 {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(RGBColor(200, 200, 200))
+                .label_font(("sans-serif", 15))
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(|e| e.to_string())?;
+        }
         root.present().map_err(|e| e.to_string())?;
     }
     encore_io::install_file(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// Learning curves of several runs on one chart each (the paper's Figures 7-8): the
+/// validation `metric` against epoch (`{stem}-epochs.png`) and against wall-clock minutes
+/// (`{stem}-minutes.png`) in `out_dir`, one line per run. Runs without a validated epoch are
+/// left out; returns the files written (none when no run has a point).
+pub fn plot_curves(
+    out_dir: &Path,
+    stem: &str,
+    runs: &[(String, Vec<EpochLog>)],
+    metric: &str,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut by_epoch = Vec::new();
+    let mut by_minute = Vec::new();
+    for (label, log) in runs {
+        let points: Vec<(f64, f64, f64)> = log
+            .iter()
+            .filter_map(|l| {
+                let v = l.valid.as_ref()?.get(metric)?;
+                Some(((l.epoch + 1) as f64, l.wall_seconds / 60.0, *v))
+            })
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        by_epoch.push((label.clone(), points.iter().map(|p| (p.0, p.2)).collect()));
+        by_minute.push((label.clone(), points.iter().map(|p| (p.1, p.2)).collect()));
+    }
+    if by_epoch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let y = format!("valid {metric}");
+    let epochs = out_dir.join(format!("{stem}-epochs.png"));
+    let minutes = out_dir.join(format!("{stem}-minutes.png"));
+    draw_lines(
+        &epochs,
+        &by_epoch,
+        &format!("{stem}: validation {metric} by epoch"),
+        "epoch",
+        &y,
+    )?;
+    draw_lines(
+        &minutes,
+        &by_minute,
+        &format!("{stem}: validation {metric} by wall-clock time"),
+        "minutes since the start",
+        &y,
+    )?;
+    Ok(vec![epochs, minutes])
 }
 
 #[cfg(test)]
