@@ -17,6 +17,7 @@
 
 mod common;
 pub mod conditioning;
+pub mod latent_diffusion;
 pub mod macridvae;
 pub mod multivae;
 

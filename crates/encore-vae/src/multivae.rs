@@ -54,7 +54,7 @@ use encore_core::config::{check_range, ModelConfig, Preset, TrainerConfig};
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
 use encore_core::{EpochContext, ModelError, Recommender, Trainable};
 use encore_data::InteractionMatrix;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,7 @@ use crate::common::{
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, param_tensor, sparse_linear, to_vec};
 use crate::conditioning::{self, Conditioning, ConditioningKind};
+use crate::latent_diffusion::{self, DiffusionKind, LatentDiffusion, MeanTypeKey};
 use encore_nn::{Activation, Csr, Dense, Grads, Mlp, MlpTrace, ParamStore, Side, SparseDense};
 
 /// MultiVAE's configuration (see the module documentation for the two presets).
@@ -108,9 +109,41 @@ pub struct MultiVaeConfig {
     /// used when conditioned. Default 128 (SPEC §3).
     #[serde(default = "conditioning::default_dim")]
     pub cond_dim: usize,
+    /// Latent diffusion (MODELS.md, the paper's "Ours (MultiVAE)"): `"none"` (default),
+    /// `"paper"` (`T = 1000`) or `"diffrec"` (`T = 40`).
+    #[serde(default)]
+    pub diffusion: DiffusionKind,
+    /// What the denoiser predicts: `"eps"` (default, Ho et al.) or `"x0"` (DiffRec).
+    #[serde(default)]
+    pub mean_type: MeanTypeKey,
+    /// Weight `λ_diff` of the denoising loss, in `[0, 1e6]`. Default 1.
+    #[serde(default = "latent_diffusion::default_lambda")]
+    pub lambda_diff: f64,
+    /// The denoiser's hidden layers (tanh). Default `[600, 600]`.
+    #[serde(default = "latent_diffusion::default_hidden")]
+    pub denoiser_hidden: Vec<usize>,
+    /// Width of the sinusoidal time embedding (then a linear layer of the same width).
+    /// Default 64.
+    #[serde(default = "latent_diffusion::default_time_dim")]
+    pub time_dim: usize,
+    /// Where the reverse chain starts when scoring, `t_s` in `0..=T` (0: decode `μ`
+    /// directly). Default: `T`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_steps: Option<usize>,
 }
 
 impl MultiVaeConfig {
+    fn diffusion_keys(&self) -> latent_diffusion::Keys<'_> {
+        latent_diffusion::Keys {
+            kind: self.diffusion,
+            mean_type: self.mean_type,
+            lambda: self.lambda_diff,
+            hidden: &self.denoiser_hidden,
+            time_dim: self.time_dim,
+            reverse_steps: self.reverse_steps,
+        }
+    }
+
     /// The `original` preset.
     pub fn original() -> Self {
         MultiVaeConfig {
@@ -128,6 +161,12 @@ impl MultiVaeConfig {
             init_seed: 2020,
             conditioning: ConditioningKind::None,
             cond_dim: conditioning::default_dim(),
+            diffusion: DiffusionKind::None,
+            mean_type: MeanTypeKey::Eps,
+            lambda_diff: latent_diffusion::default_lambda(),
+            denoiser_hidden: latent_diffusion::default_hidden(),
+            time_dim: latent_diffusion::default_time_dim(),
+            reverse_steps: None,
         }
     }
 
@@ -178,6 +217,7 @@ impl ModelConfig for MultiVaeConfig {
         check_lr(self.lr)?;
         check_range("batch_size", self.batch_size, 1, 1 << 24)?;
         check_range("bias_init_std", self.bias_init_std, 0.0, 1.0)?;
+        self.diffusion_keys().check()?;
         conditioning::check_config(self.cond_dim)
     }
 
@@ -233,6 +273,14 @@ pub struct MultiVae {
     updates: u64,
     /// The item features `c_u` is computed from (MultiVAE-C); `None` for `conditioning = none`.
     cond: Option<Conditioning>,
+    /// The latent diffusion part (`diffusion` not `"none"`).
+    diffusion: Option<LatentDiffusion>,
+}
+
+/// One training step's draws for the diffusion term: a step per user and `ε` `[B, d]`.
+pub(crate) struct DiffDraws {
+    steps: Vec<usize>,
+    eps: Vec<f32>,
 }
 
 /// MultiVAE's layers: the sparse first layer `encoder.0` (`tanh`), the rest of the encoder
@@ -288,17 +336,23 @@ pub(crate) struct StepLoss {
     pub recon: f64,
     pub kl: f64,
     pub beta: f64,
+    /// The denoising loss (before `λ_diff`); `None` without diffusion.
+    pub diff: Option<f64>,
 }
 
 impl StepLoss {
     /// The parts under their log names.
     pub fn parts(&self) -> LossParts {
-        vec![
+        let mut parts = vec![
             ("loss", self.loss),
             ("recon", self.recon),
             ("kl", self.kl),
             ("beta", self.beta),
-        ]
+        ];
+        if let Some(d) = self.diff {
+            parts.push(("diff", d));
+        }
+        parts
     }
 }
 
@@ -327,8 +381,48 @@ impl MultiVae {
         eps: Option<&[f32]>,
         out: Option<&mut [f32]>,
     ) -> (Vec<f32>, Trace) {
-        let (b, d) = (input.n_rows(), self.config.latent_dim);
+        let b = input.n_rows();
         let side = cond.map(|c| Side::new(c, 1));
+        let (enc, enc_out, sigma, mut z) = self.encode_hand(input, side, eps);
+        // Scoring with latent diffusion: μ taken as z_{t_s}, denoised by the reverse chain.
+        if let (None, Some(ld)) = (eps, &self.diffusion) {
+            ld.denoiser.reverse(
+                &self.params,
+                &ld.schedule,
+                ld.mean_type,
+                &mut z,
+                ld.start,
+                side,
+                None,
+            );
+        }
+        let (logits, dec) = match out {
+            Some(out) => (
+                Vec::new(),
+                self.net.decoder.forward_into(&self.params, z, side, b, out),
+            ),
+            None => self.net.decoder.forward(&self.params, z, side, b),
+        };
+        (
+            logits,
+            Trace {
+                enc,
+                enc_out,
+                sigma,
+                dec,
+            },
+        )
+    }
+
+    /// The encoder: its trace, its output `[B, 2d]`, `σ` (training) and `z = μ + σ ⊙ ε`
+    /// (`z = μ` without `eps`).
+    fn encode_hand(
+        &self,
+        input: &Csr,
+        side: Option<Side<'_>>,
+        eps: Option<&[f32]>,
+    ) -> (MlpTrace, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (b, d) = (input.n_rows(), self.config.latent_dim);
         let h = self.net.first.forward(&self.params, input);
         let (enc_out, enc) = self.net.encoder.forward(&self.params, h, side, b);
         let mut z = vec![0f32; b * d];
@@ -351,22 +445,7 @@ impl MultiVae {
                 }
             }
         }
-        let (logits, dec) = match out {
-            Some(out) => (
-                Vec::new(),
-                self.net.decoder.forward_into(&self.params, z, side, b, out),
-            ),
-            None => self.net.decoder.forward(&self.params, z, side, b),
-        };
-        (
-            logits,
-            Trace {
-                enc,
-                enc_out,
-                sigma,
-                dec,
-            },
-        )
+        (enc, enc_out, sigma, z)
     }
 
     /// Loss and gradients of one batch: `x` the raw binary rows, `input` the encoder's input,
@@ -381,11 +460,37 @@ impl MultiVae {
         cond: Option<&[f32]>,
         eps: &[f32],
         beta: f64,
+        draws: Option<&DiffDraws>,
         mut grads: Grads,
     ) -> (StepLoss, Grads) {
         let (b, d, n) = (x.n_rows(), self.config.latent_dim, self.n_items);
         let side = cond.map(|c| Side::new(c, 1));
-        let (mut dy, trace) = self.forward(input, cond, Some(eps), None);
+        let (enc, enc_out, sigma, z) = self.encode_hand(input, side, Some(eps));
+        // With latent diffusion the decoder reconstructs from the denoised ẑ_0.
+        let pass = match (&self.diffusion, draws) {
+            (Some(ld), Some(dr)) => Some(ld.denoiser.diffusion_pass(
+                &self.params,
+                &ld.schedule,
+                ld.mean_type,
+                &z,
+                &dr.steps,
+                &dr.eps,
+                side,
+            )),
+            (None, None) => None,
+            _ => panic!("diffusion draws are given exactly when the model has diffusion"),
+        };
+        let z_dec = match &pass {
+            Some(p) => p.x0_hat.clone(),
+            None => z,
+        };
+        let (mut dy, dec) = self.net.decoder.forward(&self.params, z_dec, side, b);
+        let trace = Trace {
+            enc,
+            enc_out,
+            sigma,
+            dec,
+        };
         let inv_b = 1.0 / b.max(1) as f32;
         // Fused log-softmax, multinomial loss and its gradient, four rows at a time (their
         // exponential sums run side by side, each in the order of a plain loop).
@@ -439,10 +544,21 @@ impl MultiVae {
         kl /= b.max(1) as f64;
 
         // The logits layer is linear: its output is not needed for the backward pass.
-        let dz = self
-            .net
-            .decoder
-            .backward(&self.params, &trace.dec, &[], dy, side, b, &mut grads);
+        let mut dz =
+            self.net
+                .decoder
+                .backward(&self.params, &trace.dec, &[], dy, side, b, &mut grads);
+        if let (Some(ld), Some(p)) = (&self.diffusion, &pass) {
+            dz = ld.denoiser.diffusion_backward(
+                &self.params,
+                &ld.schedule,
+                p,
+                &dz,
+                ld.lambda,
+                side,
+                &mut grads,
+            );
+        }
         // dL/dz through the reparameterisation and the KL term.
         let c = (beta / b.max(1) as f64) as f32;
         let mut denc = vec![0f32; b * 2 * d];
@@ -469,11 +585,16 @@ impl MultiVae {
         self.net
             .first
             .backward(input, trace.enc.input(0), &mut dh, &mut grads);
+        let diff = match (&self.diffusion, &pass) {
+            (Some(ld), Some(p)) => Some((ld.lambda, p.loss)),
+            _ => None,
+        };
         let loss = StepLoss {
-            loss: recon + beta * kl,
+            loss: recon + beta * kl + diff.map_or(0.0, |(l, v)| l * v),
             recon,
             kl,
             beta,
+            diff: diff.map(|(_, v)| v),
         };
         (loss, grads)
     }
@@ -567,6 +688,12 @@ impl MultiVae {
             encoder,
             decoder,
         };
+        // Registered after the VAE's tensors: a plain model's draws are unchanged.
+        let diffusion =
+            LatentDiffusion::new(config.diffusion_keys(), &mut params, d, cd, |i, o| {
+                let w = xavier(&mut rng, i, o, config.init);
+                (w, bias(&mut rng, o, config.bias_init_std))
+            });
         let adam = new_adam(&params, config.lr);
         Ok(MultiVae {
             config,
@@ -577,6 +704,7 @@ impl MultiVae {
             adam,
             updates: 0,
             cond,
+            diffusion,
         })
     }
 
@@ -646,11 +774,25 @@ impl MultiVae {
             self.config.anneal_cap,
             self.config.total_anneal_steps,
         );
+        // The diffusion term's draws come after the VAE's, so a plain model's are unchanged.
+        let draws = self.diffusion.as_ref().map(|ld| DiffDraws {
+            steps: (0..users.len())
+                .map(|_| rng.random_range(0..ld.schedule.steps()))
+                .collect(),
+            eps: normals(rng, users.len() * self.config.latent_dim, 1.0),
+        });
         // c_u from the user's training row (the model input), not the dropped-out copy.
         let cond = self.cond_vectors(train, users);
         let grads = std::mem::take(&mut self.grads);
-        let (parts, mut grads) =
-            self.loss_and_grads(&x, &input, cond.as_deref(), &eps, beta, grads);
+        let (parts, mut grads) = self.loss_and_grads(
+            &x,
+            &input,
+            cond.as_deref(),
+            &eps,
+            beta,
+            draws.as_ref(),
+            grads,
+        );
         adam_step(&mut self.adam, &mut self.params, &mut grads);
         self.grads = grads;
         self.updates += 1;
@@ -953,6 +1095,7 @@ mod tests {
             cond.as_deref(),
             &eps,
             beta,
+            None,
             m.params.zero_grads(),
         );
         let device = cpu().autodiff();
@@ -1139,6 +1282,123 @@ mod tests {
         back.score_history(&[2, 0, 1, 1], &mut h).unwrap();
         assert_eq!(&h[..], &a[..7], "fold-in of user 0's history");
         assert!(back.score_history(&[7], &mut h).is_err());
+    }
+
+    fn tiny_diffusion(kind: DiffusionKind, mean_type: MeanTypeKey) -> MultiVaeConfig {
+        MultiVaeConfig {
+            diffusion: kind,
+            mean_type,
+            denoiser_hidden: vec![8],
+            time_dim: 6,
+            dropout: 0.0,
+            noise_std: 0.01,
+            lr: 1e-2,
+            ..tiny_config()
+        }
+    }
+
+    /// Diff-MultiVAE: the denoiser is registered after the VAE's tensors (so the VAE's
+    /// initial weights are the plain model's), training logs the denoising loss and lowers
+    /// the reconstruction loss, a saved model scores as the trained one (the reverse chain
+    /// included), and a chain of 0 steps scores from μ exactly as the plain VAE does.
+    #[test]
+    fn latent_diffusion_trains_saves_and_scores() {
+        let train = tiny_matrix();
+        let users: Vec<u32> = (0..6).collect();
+        for mt in [MeanTypeKey::Eps, MeanTypeKey::X0] {
+            let cfg = tiny_diffusion(DiffusionKind::Diffrec, mt);
+            let plain = MultiVae::new(tiny_diffusion(DiffusionKind::None, mt), 7).unwrap();
+            let mut m = MultiVae::new(cfg.clone(), 7).unwrap();
+            for id in plain.params.ids() {
+                let name = plain.params.name(id);
+                assert_eq!(
+                    m.params.get(m.params.id(name).unwrap()),
+                    plain.params.get(id)
+                );
+            }
+            assert!(m.params.id("denoiser.mlp.0.weight").is_some());
+            // t_s = 0: decode μ, as the plain model does.
+            let direct = MultiVae::new(
+                MultiVaeConfig {
+                    reverse_steps: Some(0),
+                    ..cfg.clone()
+                },
+                7,
+            )
+            .unwrap();
+            let (mut a, mut b) = (vec![0f32; 42], vec![0f32; 42]);
+            plain.score_users(&users, &train, &mut a);
+            direct.score_users(&users, &train, &mut b);
+            assert_eq!(a, b, "{mt:?}");
+
+            let mut rng = ChaCha8Rng::seed_from_u64(1);
+            let nonempty = train.nonempty_users();
+            let first = m.step(&train, &nonempty, &mut rng);
+            assert!(first.parts().iter().any(|(k, v)| *k == "diff" && *v > 0.0));
+            let mut last = first;
+            for _ in 0..150 {
+                last = m.step(&train, &nonempty, &mut rng);
+            }
+            assert!(
+                last.recon < first.recon * 0.9,
+                "{mt:?}: {first:?} -> {last:?}"
+            );
+            // Predicting z_0 is learnable; predicting ε under DiffRec's tiny β is not (z_t is
+            // nearly z_0), so its loss only has to stay finite.
+            let (d0, d1) = (first.diff.unwrap(), last.diff.unwrap());
+            assert!(d1.is_finite() && d1 > 0.0, "{mt:?}");
+            if mt == MeanTypeKey::X0 {
+                assert!(d1 < d0, "{mt:?}: {d0} -> {d1}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            m.save(dir.path()).unwrap();
+            let back = MultiVae::load(dir.path()).unwrap();
+            m.score_users(&users, &train, &mut a);
+            back.score_users(&users, &train, &mut b);
+            assert_eq!(a, b, "{mt:?}");
+            assert!(a.iter().all(|v| v.is_finite()));
+        }
+    }
+
+    /// A Diff-MultiVAE step and its scoring give the same bits on 1 and 3 threads.
+    #[test]
+    fn latent_diffusion_is_thread_count_independent() {
+        let train = tiny_matrix();
+        let run = |threads: usize| {
+            encore_nn::on_threads(threads, || {
+                let cfg = tiny_diffusion(DiffusionKind::Paper, MeanTypeKey::Eps);
+                let mut m = MultiVae::new(cfg, 7).unwrap();
+                let mut rng = ChaCha8Rng::seed_from_u64(4);
+                for _ in 0..3 {
+                    m.step(&train, &train.nonempty_users(), &mut rng);
+                }
+                let mut out = vec![0f32; 6 * 7];
+                m.score_users(&(0..6).collect::<Vec<u32>>(), &train, &mut out);
+                (m.params.values().to_vec(), out)
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+
+    #[test]
+    fn diffusion_config_errors_name_the_key() {
+        let key = |cfg: MultiVaeConfig| match cfg.check().unwrap_err() {
+            ModelError::Config { key, .. } => key,
+            other => panic!("{other}"),
+        };
+        let base = tiny_diffusion(DiffusionKind::Diffrec, MeanTypeKey::Eps);
+        let bad = |f: &dyn Fn(&mut MultiVaeConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            key(c)
+        };
+        assert_eq!(bad(&|c| c.reverse_steps = Some(41)), "reverse_steps");
+        assert_eq!(bad(&|c| c.time_dim = 1), "time_dim");
+        assert_eq!(bad(&|c| c.denoiser_hidden = vec![]), "denoiser_hidden");
+        assert_eq!(bad(&|c| c.lambda_diff = -1.0), "lambda_diff");
+        let mut ok = base.clone();
+        ok.reverse_steps = Some(40);
+        assert!(ok.check().is_ok());
     }
 
     #[test]

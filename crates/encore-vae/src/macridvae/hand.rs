@@ -721,6 +721,7 @@ impl MacridVae {
             recon,
             kl,
             beta,
+            diff: None,
         };
         (loss, grads)
     }
