@@ -453,6 +453,7 @@ impl MultiVae {
     /// log-likelihood and its log-softmax fused in one pass over each row); the layers'
     /// backward passes carry it to `z`, through the reparameterisation and the KL term to
     /// the encoder's output, and down to the first layer.
+    #[allow(clippy::too_many_arguments)]
     fn loss_and_grads(
         &self,
         x: &Csr,
