@@ -399,10 +399,26 @@ fn read_metrics(run: &Path) -> serde_json::Value {
 
 #[test]
 fn a_run_killed_mid_training_resumes_to_the_same_result() {
+    killed_run_resumes(&[]);
+}
+
+/// The same with latent diffusion: the denoiser's weights and moments are part of the
+/// checkpoint, its draws part of the trainer's stream.
+#[test]
+fn a_diffusion_run_killed_mid_training_resumes_to_the_same_result() {
+    killed_run_resumes(&[
+        "--set",
+        "diffusion=diffrec",
+        "--set",
+        "denoiser_hidden=[32]",
+    ]);
+}
+
+fn killed_run_resumes(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_data(tmp.path());
     let args = |out: &Path| -> Vec<String> {
-        [
+        let mut v: Vec<String> = [
             "train",
             "--model",
             "multivae",
@@ -423,7 +439,9 @@ fn a_run_killed_mid_training_resumes_to_the_same_result() {
         ]
         .iter()
         .map(|a| a.to_string())
-        .collect()
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
     };
     let straight = tmp.path().join("straight");
     let a: Vec<String> = args(&straight);
