@@ -57,14 +57,18 @@ fn read_row(dir: &std::path::Path) -> Result<Row> {
             )
         })?;
     let config = std::fs::read_to_string(dir.join(run::CONFIG_FILE)).unwrap_or_default();
-    let conditioning = toml::from_str::<toml::Table>(&config)
-        .ok()
-        .and_then(|t| {
-            t.get("conditioning")
-                .and_then(|v| v.as_str())
-                .map(String::from)
-        })
-        .unwrap_or_else(|| "none".into());
+    let table = toml::from_str::<toml::Table>(&config).ok();
+    let key = |k: &str| {
+        table
+            .as_ref()
+            .and_then(|t| t.get(k).and_then(|v| v.as_str()).map(String::from))
+    };
+    let mut conditioning = key("conditioning").unwrap_or_else(|| "none".into());
+    // Latent diffusion, when on: its schedule and what the denoiser predicts.
+    if let Some(kind) = key("diffusion").filter(|k| k != "none") {
+        let mean_type = key("mean_type").unwrap_or_else(|| "eps".into());
+        conditioning = format!("{conditioning}, diffusion {kind}/{mean_type}");
+    }
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
