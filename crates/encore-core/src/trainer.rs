@@ -520,6 +520,14 @@ fn draw_lines(
             .x_desc(x_label)
             .y_desc(y_label)
             .y_label_formatter(&|v| format!("{v:.4}"))
+            .x_label_formatter(&|v| {
+                // Epochs are whole numbers; minutes keep two decimals.
+                if x_label == "epoch" {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.2}")
+                }
+            })
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
             .light_line_style(RGBColor(235, 235, 235))
