@@ -416,17 +416,9 @@ fn append_log(path: &Path, line: &EpochLog) -> Result<(), ModelError> {
 /// Draw the validation metric against epoch (`valid_epochs.png`) and against wall-clock
 /// minutes (`valid_minutes.png`).
 ///
-/// No font is bundled (none ships in a crates.io crate we depend on, and nothing is downloaded
-/// at run time), so the plots carry no text: the axes span the data's range, which the log
-/// records exactly; a light grid marks tenths of each axis.
+/// The text is set in DejaVu Sans, embedded from the `dejavu` crate ([`register_font`]).
 pub fn plot_history(run_dir: &Path, history: &[EpochLog], metric: &str) -> Result<(), String> {
-    let points: Vec<(f64, f64, f64)> = history
-        .iter()
-        .filter_map(|l| {
-            let v = l.valid.as_ref()?.get(metric)?;
-            Some(((l.epoch + 1) as f64, l.wall_seconds / 60.0, *v))
-        })
-        .collect();
+    let points = curve_points(history, metric);
     if points.is_empty() {
         return Ok(());
     }
@@ -447,6 +439,16 @@ pub fn plot_history(run_dir: &Path, history: &[EpochLog], metric: &str) -> Resul
         "minutes since the start",
         &y,
     )
+}
+
+/// `(epoch from 1, minutes since the start, validation metric)` of every validated epoch.
+fn curve_points(log: &[EpochLog], metric: &str) -> Vec<(f64, f64, f64)> {
+    log.iter()
+        .filter_map(|l| {
+            let v = l.valid.as_ref()?.get(metric)?;
+            Some(((l.epoch + 1) as f64, l.wall_seconds / 60.0, *v))
+        })
+        .collect()
 }
 
 /// Register the embedded DejaVu Sans (from the `dejavu` crate, so nothing is read from the
@@ -583,13 +585,7 @@ pub fn plot_curves(
     let mut by_epoch = Vec::new();
     let mut by_minute = Vec::new();
     for (label, log) in runs {
-        let points: Vec<(f64, f64, f64)> = log
-            .iter()
-            .filter_map(|l| {
-                let v = l.valid.as_ref()?.get(metric)?;
-                Some(((l.epoch + 1) as f64, l.wall_seconds / 60.0, *v))
-            })
-            .collect();
+        let points = curve_points(log, metric);
         if points.is_empty() {
             continue;
         }

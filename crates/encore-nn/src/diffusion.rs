@@ -669,18 +669,7 @@ mod tests {
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), &dev).require_grad()
         };
         let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
-        let params: Vec<(crate::ParamId, Tensor<2>)> = store
-            .ids()
-            .map(|id| {
-                let sh = store.shape(id).to_vec();
-                let shape = if sh.len() == 1 {
-                    [1, sh[0]]
-                } else {
-                    [sh[0], sh[1]]
-                };
-                (id, t2(store.get(id), shape))
-            })
-            .collect();
+        let params = burn_params(&store, &dev);
         let p = |i: usize| params[i].1.clone();
         let mut sin = vec![0f32; rows * e];
         for (row, &t) in sin.chunks_exact_mut(e).zip(&steps) {
@@ -710,6 +699,28 @@ mod tests {
             close(grads.get(*id), host(t.grad(&g).unwrap()), store.name(*id));
         }
         close(&dz, host(zt_t.grad(&g).unwrap()), "dz_t");
+    }
+
+    /// Every tensor of `store` as a tracked 2-d burn tensor (a bias as one row), in
+    /// registration order.
+    fn burn_params(
+        store: &ParamStore,
+        dev: &burn::tensor::Device,
+    ) -> Vec<(crate::ParamId, burn::tensor::Tensor<2>)> {
+        use burn::tensor::{Tensor, TensorData};
+        store
+            .ids()
+            .map(|id| {
+                let sh = store.shape(id);
+                let shape = if sh.len() == 1 {
+                    [1, sh[0]]
+                } else {
+                    [sh[0], sh[1]]
+                };
+                let data = TensorData::new(store.get(id).to_vec(), shape);
+                (id, Tensor::<2>::from_data(data, dev).require_grad())
+            })
+            .collect()
     }
 
     fn tiny_denoiser(store: &mut ParamStore, cond: usize) -> Denoiser {
@@ -796,18 +807,7 @@ mod tests {
                 }
             };
             let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
-            let params: Vec<(crate::ParamId, Tensor<2>)> = store
-                .ids()
-                .map(|id| {
-                    let sh = store.shape(id).to_vec();
-                    let shape = if sh.len() == 1 {
-                        [1, sh[0]]
-                    } else {
-                        [sh[0], sh[1]]
-                    };
-                    (id, t2(store.get(id), shape, true))
-                })
-                .collect();
+            let params = burn_params(&store, &dev);
             let p = |i: usize| params[i].1.clone();
             let col = |f: &dyn Fn(usize) -> f64| {
                 let v: Vec<f32> = steps.iter().map(|&t| f(t) as f32).collect();

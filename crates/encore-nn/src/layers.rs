@@ -391,13 +391,9 @@ impl Mlp {
         side: Option<Side<'_>>,
         rows: usize,
     ) -> (Vec<f32>, MlpTrace) {
-        let mut trace = MlpTrace::default();
-        let mut h = x;
-        for layer in &self.layers {
-            let y = layer.forward(store, &h, side, rows);
-            trace.inputs.push(std::mem::replace(&mut h, y));
-        }
-        (h, trace)
+        let mut out = vec![0f32; rows * self.outputs()];
+        let trace = self.forward_into(store, x, side, rows, &mut out);
+        (out, trace)
     }
 
     /// [`Mlp::forward`] with the last layer's output written into `out` `[rows, outputs]`.
