@@ -5,13 +5,14 @@
 //! # Why by hand
 //!
 //! On ml-100k the `recbole` preset is one step of 943 users per epoch, about 2 GFLOP of matrix
-//! products. Built as a burn autodiff graph the step took 0.33-0.41 s on one core, five times
-//! the matrix-multiply bound: graph construction, per-op allocation, un-fused element-wise
+//! products. Built as a burn autodiff graph the step ran at several times the matrix-multiply
+//! bound (docs/PERFORMANCE.md has the figures): graph construction, per-op allocation, un-fused element-wise
 //! passes over `B x I` tensors (log-softmax alone is several), and a gather/scatter first
 //! layer with an `i64` index tensor. No crate offers a fused VAE step, so the layers are written
 //! here over `gemm` (the matrix-multiply crate burn-flex itself uses, already in the tree): the
 //! products go to `gemm`, everything else is one fused, row-parallel pass. Each hand-written
-//! backward is checked against burn's autodiff in the models' tests.
+//! backward is checked against burn's autodiff, each layer in its own test and each model's
+//! whole loss in the model's.
 //!
 //! # Determinism
 //!
