@@ -271,7 +271,7 @@ impl Csr {
     /// value-weighted sum of the weight rows of its entries (a gather, not a dense product),
     /// summed in entry order.
     ///
-    /// Column-blocked: a pass handles [`COL_BLOCK`] output columns for all rows of a task, so
+    /// Column-blocked: a pass handles `COL_BLOCK` output columns for all rows of a task, so
     /// the `[n_cols, COL_BLOCK]` slab of `W` it reads (1,682 items x 256 B on ml-100k) stays in
     /// L2, where gathering whole rows streamed `W` (4 MB) from L3 once per entry. Rows are
     /// split into one task per thread; the per-element sums are the same for any split.
@@ -309,7 +309,7 @@ impl Csr {
     /// `X^T G` into a dense `[n_cols, out]` buffer (the weight gradient of
     /// [`Csr::times_dense`]): each column (item) row sums `v · G[r, :]` over its entries in
     /// batch order. Items are split into one range per thread with about equal entry counts;
-    /// within a range, passes of [`COL_BLOCK`] columns keep the `[rows, COL_BLOCK]` slab of
+    /// within a range, passes of `COL_BLOCK` columns keep the `[rows, COL_BLOCK]` slab of
     /// `G` in L2 (as [`Csr::times_dense`]). The sums do not depend on the split.
     pub fn transpose_times(&self, g: &[f32], out: usize, n_cols: usize) -> Vec<f32> {
         let mut dw = vec![0f32; n_cols * out];
@@ -453,7 +453,7 @@ impl Isa {
         Isa::Generic
     }
 
-    /// Most facets kept in registers at once: `G` accumulators of [`LANES`] floats, plus a
+    /// Most facets kept in registers at once: `G` accumulators of `LANES` floats, plus a
     /// weight block and a broadcast, must fit the register file (32 zmm, 16 ymm, 16 xmm).
     fn max_group(self) -> usize {
         match self {
@@ -742,7 +742,7 @@ impl FacetCsr {
     /// `Y = X W + b` for every facet: `Y` facet-major `[K * B, out]`, `W` row-major
     /// `[n_cols, out]`, row `f * B + u` is `b + Σ_e values[e, f] · W[col_e, :]` over user
     /// `u`'s entries in order (as [`Csr::times_dense`] on the `K * B` rows). Users in
-    /// parallel; per user, [`LANES`]-column blocks of a group of facets are accumulated in
+    /// parallel; per user, `LANES`-column blocks of a group of facets are accumulated in
     /// registers while the user's entries are walked, so each weight block is loaded once per
     /// facet group instead of once per facet. `y` is resized to `[K * B, out]` and every
     /// element is written, so it may come with any contents (a buffer kept from an earlier
@@ -1006,7 +1006,7 @@ per_isa! {
     }
 }
 
-/// `acc[l] += x[l] * y[l]` for the first [`LANES`] elements of `x` and `y`.
+/// `acc[l] += x[l] * y[l]` for the first `LANES` elements of `x` and `y`.
 #[inline(always)]
 fn madd(acc: &mut [f32; LANES], x: &[f32], y: &[f32]) {
     let x: &[f32; LANES] = x[..LANES].try_into().expect("LANES");

@@ -9,7 +9,7 @@
 //! `backward` is with respect to the layer's output *after* its activation, and it is
 //! overwritten (the activation's derivative is applied to it in place).
 //!
-//! Every product goes to [`matmul`](crate::matmul) and every sum has a fixed order, so results
+//! Every product goes to [`matmul`](fn@crate::matmul) and every sum has a fixed order, so results
 //! do not depend on the thread count; the tests check each layer's gradients against burn's
 //! autodiff.
 

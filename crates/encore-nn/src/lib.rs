@@ -1,4 +1,4 @@
-//! Encore's numeric core: dense products ([`matmul`]), element-wise and sparse kernels
+//! Encore's numeric core: dense products ([`matmul`](fn@matmul)), element-wise and sparse kernels
 //! ([`kernels`]) and the
 //! sparse batch types ([`Csr`], [`FacetCsr`]): the pieces the VAEs and PCA are built from.
 //!
