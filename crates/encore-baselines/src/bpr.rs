@@ -68,7 +68,9 @@ use encore_core::config::{
     check_nonnegative_finite, check_positive_finite, check_range, ModelConfig, Preset,
 };
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
-use encore_core::{Adam, EpochContext, ModelError, Recommender, Trainable};
+use encore_core::{
+    Adam, EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
+};
 
 use crate::embedding::{
     axpy, check_history, dot, fold_in_vector, init_table, score_factorised, EmbeddingInit,
@@ -412,6 +414,16 @@ impl Recommender for Bpr {
             .enumerate()
             .for_each(|(j, s)| *s = dot(&p, &items[j * d..(j + 1) * d]));
         Ok(())
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        Some(ItemRepresentation {
+            source: "item embeddings, cosine",
+            vectors: ItemVectors::Rows {
+                values: self.item_embedding(),
+                dim: self.config.embedding_size,
+            },
+        })
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use encore_core::config::{check_nonnegative_finite, check_range, ModelConfig, Preset};
 use encore_core::registry::{ClosedForm, ModelEntry};
-use encore_core::{ModelError, Recommender};
+use encore_core::{ItemRepresentation, ItemVectors, ModelError, Recommender};
 
 /// EASE hyperparameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +272,15 @@ impl Recommender for Ease {
         crate::check_items(history, self.n_items)?;
         self.score_row(history, out);
         Ok(())
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        Some(ItemRepresentation {
+            source: "the item-item weights B (row i: the weight of each item for a listener of i)",
+            vectors: ItemVectors::Dense {
+                values: &self.weights,
+            },
+        })
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {

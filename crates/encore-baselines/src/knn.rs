@@ -30,7 +30,7 @@ use std::path::Path;
 
 use encore_core::config::{check_nonnegative_finite, check_range, ModelConfig, Preset};
 use encore_core::registry::{ClosedForm, ModelEntry};
-use encore_core::{ModelError, Recommender};
+use encore_core::{ItemRepresentation, ItemVectors, ModelError, Recommender};
 use encore_data::InteractionMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -270,6 +270,17 @@ impl Recommender for ItemKnn {
         items.dedup();
         self.score_row(&items, out);
         Ok(())
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        Some(ItemRepresentation {
+            source: "the cosine similarities s_ij the model scores with (row i: the items whose k nearest neighbours include i)",
+            vectors: ItemVectors::Sparse {
+                offsets: &self.offsets,
+                targets: &self.targets,
+                weights: &self.weights,
+            },
+        })
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {

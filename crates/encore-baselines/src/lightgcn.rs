@@ -71,7 +71,9 @@ use encore_core::config::{
     check_nonnegative_finite, check_positive_finite, check_range, ModelConfig, Preset,
 };
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
-use encore_core::{Adam, EpochContext, ModelError, Recommender, Trainable};
+use encore_core::{
+    Adam, EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The normalised adjacency and its product
@@ -833,6 +835,17 @@ impl Recommender for LightGcn {
             .enumerate()
             .for_each(|(j, s)| *s = dot(&p, &items[j * d..(j + 1) * d]));
         Ok(())
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        let d = self.config.embedding_size;
+        Some(ItemRepresentation {
+            source: "final (propagated) item embeddings, cosine",
+            vectors: ItemVectors::Rows {
+                values: &self.final_emb[self.n_users * d..],
+                dim: d,
+            },
+        })
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {

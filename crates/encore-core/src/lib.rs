@@ -11,6 +11,7 @@
 //!   line, the experiment runner and the service look models up in.
 //! - [`run`]: the run directory and its lifecycle: create it, fit the model, evaluate the best
 //!   model, record the metrics; load it back to evaluate, recommend or resume.
+//! - [`similarity`]: item-item similarity from a model's item representations.
 //! - [`alloc`]: the allocator policy for training processes.
 //!
 //! Durable file output (atomic writes, safetensors) lives one level lower, in `encore-io`,
@@ -23,10 +24,12 @@ pub mod error;
 pub mod optim;
 pub mod registry;
 pub mod run;
+pub mod similarity;
 pub mod trainer;
 
 pub use error::ModelError;
 pub use optim::Adam;
+pub use similarity::{ItemRepresentation, ItemVectors};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -56,6 +59,13 @@ pub trait Recommender: Send + Sync {
 
     /// Write the model's weights (safetensors) and whatever else it needs into `dir`.
     fn save(&self, dir: &Path) -> Result<(), ModelError>;
+
+    /// The item representations item-item similarity is computed from ([`similarity`]):
+    /// embeddings, decoder weights or learned item-item weights; `None` for a model without
+    /// any (Pop).
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        None
+    }
 }
 
 /// The data a model is trained on for one epoch.

@@ -63,7 +63,9 @@ use burn::tensor::{
 use encore_core::config::RunConfig;
 use encore_core::config::{check_range, ModelConfig, Preset, TrainerConfig};
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
-use encore_core::{EpochContext, ModelError, Recommender, Trainable};
+use encore_core::{
+    EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
+};
 use encore_data::InteractionMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -836,6 +838,17 @@ impl Recommender for MacridVae {
             Some(c) => c.save(dir),
             None => Ok(()),
         }
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        let values = self.params.get(self.net.items);
+        Some(ItemRepresentation {
+            source: "item embeddings (the decoder's cosine against the facets), cosine",
+            vectors: ItemVectors::Rows {
+                dim: values.len() / self.n_items.max(1),
+                values,
+            },
+        })
     }
 }
 

@@ -52,7 +52,9 @@ use burn::tensor::{activation::log_softmax, Device, Tensor};
 use encore_core::config::RunConfig;
 use encore_core::config::{check_range, ModelConfig, Preset, TrainerConfig};
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
-use encore_core::{EpochContext, ModelError, Recommender, Trainable};
+use encore_core::{
+    EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
+};
 use encore_data::InteractionMatrix;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -981,6 +983,17 @@ impl Recommender for MultiVae {
             Some(c) => c.save(dir),
             None => Ok(()),
         }
+    }
+
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        let last = self.net.decoder.layers().last()?;
+        Some(ItemRepresentation {
+            source: "the decoder's output weights (one column per item), cosine",
+            vectors: ItemVectors::Columns {
+                values: self.params.get(last.weight),
+                dim: last.inputs() + last.side(),
+            },
+        })
     }
 }
 
