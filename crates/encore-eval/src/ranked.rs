@@ -2,7 +2,9 @@
 //! TSV file and evaluated with the same metrics as a [`crate::Scorer`].
 //!
 //! File format: a header line `user_id<TAB>item_id<TAB>rank`, then one line per list entry.
-//! `rank` is an integer >= 1, 1 being the best; a user's entries are ordered by rank and their
+//! The header may add a fourth column `score` (what `encore recommend --all-users` writes):
+//! every line then has a score, a number, which is checked and otherwise ignored (the ranks
+//! decide). `rank` is an integer >= 1, 1 being the best; a user's entries are ordered by rank and their
 //! positions in that order are the ranks used by the metrics (gaps such as 1, 2, 5 are allowed
 //! and close up). Lines may end in `\r\n`; entirely empty lines are skipped; a UTF-8 byte-order
 //! mark before the header is accepted.
@@ -108,7 +110,9 @@ pub struct RankedListStats {
     pub unknown_items: usize,
 }
 
-const COLUMNS: [&str; 3] = ["user_id", "item_id", "rank"];
+const COLUMNS: [&str; 4] = ["user_id", "item_id", "rank", "score"];
+/// The columns every file has; `score` is optional.
+const REQUIRED: usize = 3;
 
 /// One entry while reading: item code `>= n_items` is an unknown item (`n_items + k`, the k-th
 /// distinct unknown id).
@@ -146,6 +150,8 @@ pub fn read_ranked_lists(
     let mut buf = Vec::new();
     let mut line_no = 0u64;
     let mut header_seen = false;
+    // The header's column count: 3, or 4 with `score`.
+    let mut width = REQUIRED;
     loop {
         buf.clear();
         let n = reader
@@ -177,7 +183,7 @@ pub fn read_ranked_lists(
         })?;
         if !header_seen {
             header_seen = true;
-            check_header(text, line_no, &parse_err)?;
+            width = check_header(text, line_no, &parse_err)?;
             continue;
         }
         if text.is_empty() {
@@ -185,26 +191,38 @@ pub fn read_ranked_lists(
         }
         stats.lines += 1;
         let mut fields = text.split('\t');
+        let expected = || {
+            format!(
+                "expected {width} tab-separated fields: {}",
+                COLUMNS[..width].join(", ")
+            )
+        };
         let mut field = |column: usize| -> Result<&str, EvalError> {
             match fields.next() {
                 Some(f) => Ok(f),
                 None => Err(parse_err(
                     line_no,
                     column,
-                    format!(
-                        "missing field (expected 3 tab-separated fields: {})",
-                        COLUMNS.join(", ")
-                    ),
+                    format!("missing field ({})", expected()),
                 )),
             }
         };
         let (user_id, item_id, rank_text) = (field(1)?, field(2)?, field(3)?);
+        if width > REQUIRED {
+            let score = field(4)?;
+            if score.trim().parse::<f64>().is_err() {
+                return Err(parse_err(
+                    line_no,
+                    4,
+                    format!("'{score}' is not a number (expected the item's score)"),
+                ));
+            }
+        }
         if fields.next().is_some() {
             return Err(parse_err(
                 line_no,
-                4,
-                "unexpected extra field (expected 3 tab-separated fields: user_id, item_id, rank)"
-                    .into(),
+                width + 1,
+                format!("unexpected extra field ({})", expected()),
             ));
         }
         for (column, value) in [(1, user_id), (2, item_id)] {
@@ -357,14 +375,25 @@ pub fn read_ranked_lists(
     ))
 }
 
-/// Check the header line, naming the first column that differs.
+/// Check the header line, naming the first column that differs; returns its column count
+/// (3, or 4 with the optional `score`).
 fn check_header(
     text: &str,
     line: u64,
     parse_err: &dyn Fn(u64, usize, String) -> EvalError,
-) -> Result<(), EvalError> {
+) -> Result<usize, EvalError> {
     let found: Vec<&str> = text.split('\t').collect();
-    for (c, expected) in COLUMNS.iter().enumerate() {
+    let width = if found.len() > REQUIRED {
+        COLUMNS.len()
+    } else {
+        REQUIRED
+    };
+    let header = format!(
+        "{} (optionally with <TAB>{})",
+        COLUMNS[..REQUIRED].join("<TAB>"),
+        COLUMNS[REQUIRED]
+    );
+    for (c, expected) in COLUMNS[..width].iter().enumerate() {
         match found.get(c) {
             Some(f) if f == expected => {}
             Some(f) => {
@@ -372,8 +401,7 @@ fn check_header(
                     line,
                     c + 1,
                     format!(
-                        "header column is '{f}', expected '{expected}' (header must be {})",
-                        COLUMNS.join("<TAB>")
+                        "header column is '{f}', expected '{expected}' (header must be {header})"
                     ),
                 ))
             }
@@ -381,26 +409,22 @@ fn check_header(
                 return Err(parse_err(
                     line,
                     c + 1,
-                    format!(
-                        "header column '{expected}' missing (header must be {})",
-                        COLUMNS.join("<TAB>")
-                    ),
+                    format!("header column '{expected}' missing (header must be {header})"),
                 ))
             }
         }
     }
-    if found.len() > COLUMNS.len() {
+    if found.len() > width {
         return Err(parse_err(
             line,
-            COLUMNS.len() + 1,
+            width + 1,
             format!(
-                "unexpected extra header column '{}' (header must be {})",
-                found[COLUMNS.len()],
-                COLUMNS.join("<TAB>")
+                "unexpected extra header column '{}' (header must be {header})",
+                found[width],
             ),
         ));
     }
-    Ok(())
+    Ok(width)
 }
 
 #[cfg(test)]
@@ -476,6 +500,19 @@ mod tests {
         }
     }
 
+    /// The optional `score` column (the format `encore recommend --all-users` writes) gives
+    /// the lists of the same file without it: the ranks decide, not the scores.
+    #[test]
+    fn a_score_column_is_read_and_ignored() {
+        let plain = "user_id\titem_id\trank\nu0\tb\t2\nu0\td\t1\nu2\ta\t1\n";
+        let scored = "user_id\titem_id\trank\tscore\nu0\tb\t2\t0.5\nu0\td\t1\t-1e3\nu2\ta\t1\t3\n";
+        let (a, sa) = read(plain).unwrap();
+        let (b, sb) = read(scored).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.list(0), &[3, 1]);
+        assert_eq!((sa.entries, sb.entries), (3, 3));
+    }
+
     #[test]
     fn bad_headers_name_the_column() {
         let (l, c, m) = parse_position(read("user\titem_id\trank\n").unwrap_err());
@@ -483,8 +520,11 @@ mod tests {
         assert!(m.contains("expected 'user_id'"), "{m}");
         let (l, c, _) = parse_position(read("user_id\titem_id\n").unwrap_err());
         assert_eq!((l, c), (1, 3));
-        let (l, c, _) = parse_position(read("user_id\titem_id\trank\tscore\n").unwrap_err());
+        let (l, c, m) = parse_position(read("user_id\titem_id\trank\tscores\n").unwrap_err());
         assert_eq!((l, c), (1, 4));
+        assert!(m.contains("expected 'score'"), "{m}");
+        let (l, c, _) = parse_position(read("user_id\titem_id\trank\tscore\tx\n").unwrap_err());
+        assert_eq!((l, c), (1, 5));
         let (l, c, _) = parse_position(read("user_id,item_id,rank\n").unwrap_err());
         assert_eq!((l, c), (1, 1));
     }
@@ -503,7 +543,21 @@ mod tests {
             ("\ta\t1\n", 2, 1, "empty id"),
             ("u0\t\t1\n", 2, 2, "empty id"),
         ];
-        for (body, line, column, needle) in cases {
+        let scored = "user_id\titem_id\trank\tscore\n";
+        let scored_cases = [
+            ("u0\ta\t1\n", 2, 4, "missing field"),
+            ("u0\ta\t1\thigh\n", 2, 4, "not a number"),
+            ("u0\ta\t1\t0.5\t1\n", 2, 5, "extra field"),
+        ];
+        let cases = cases
+            .iter()
+            .map(|&(body, l, c, n)| (head, body, l, c, n))
+            .chain(
+                scored_cases
+                    .iter()
+                    .map(|&(b, l, c, n)| (scored, b, l, c, n)),
+            );
+        for (head, body, line, column, needle) in cases {
             let err = read(&format!("{head}{body}")).unwrap_err();
             let shown = err.to_string();
             assert!(shown.contains("lists.tsv"), "{shown}");
