@@ -15,6 +15,7 @@ pub fn registry() -> Vec<ModelEntry> {
         encore_baselines::lightgcn::entry(),
         encore_vae::multivae::entry(),
         encore_vae::macridvae::entry(),
+        encore_vae::diffrec::entry(),
     ]
 }
 

@@ -83,6 +83,26 @@ impl Schedule {
                 scale * (beta_min + f * (beta_max - beta_min))
             })
             .collect();
+        Self::from_betas(betas)
+    }
+
+    /// The schedule with the given `β_t` (each in `(0, 1)`, at least one), for schedules
+    /// defined otherwise than by a linear `β` (DiffRec's linear variance). Errors as
+    /// [`Schedule::linear`]'s, naming `steps` for an underflowing `ᾱ_T` and `noise_scale` for
+    /// a `β` out of range.
+    pub fn from_betas(betas: Vec<f64>) -> Result<Self, ScheduleError> {
+        let err = |key, message: String| Err(ScheduleError { key, message });
+        let steps = betas.len();
+        if steps == 0 {
+            return err("steps", "must be at least 1, got 0".to_string());
+        }
+        if let Some((t, b)) = betas
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !(**b > 0.0 && **b < 1.0))
+        {
+            return err("noise_scale", format!("gives β_{t} = {b}; β must be in (0, 1)"));
+        }
         let mut alpha_bar = Vec::with_capacity(steps);
         let mut prod = 1.0f64;
         for b in &betas {

@@ -1,5 +1,6 @@
 //! Encore's autoencoder recommenders (MODELS.md): [`MultiVae`] (Liang et al. 2018) and
-//! [`MacridVae`] (Ma et al. 2019), each with an `original` and a `recbole` preset.
+//! [`MacridVae`] (Ma et al. 2019), each with an `original` and a `recbole` preset; and the
+//! peer model [`DiffRec`] (Wang et al. 2023), diffusion on the interaction row.
 //!
 //! Both have a conditioned variant (MultiVAE-C, MacridVAE-C; MODELS.md "Conditioning"):
 //! config key `conditioning` other than `none` and a [`Conditioning`] of fused item features
@@ -17,11 +18,13 @@
 
 mod common;
 pub mod conditioning;
+pub mod diffrec;
 pub mod latent_diffusion;
 pub mod macridvae;
 pub mod multivae;
 
 pub use common::Init;
 pub use conditioning::{Conditioning, ConditioningKind};
+pub use diffrec::{DiffRec, DiffRecConfig};
 pub use macridvae::{MacridVae, MacridVaeConfig};
 pub use multivae::{MultiVae, MultiVaeConfig};
