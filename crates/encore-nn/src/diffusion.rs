@@ -8,7 +8,7 @@
 //! last `f32` bit) and applied to `f32` latents.
 
 use crate::layers::{Activation, Dense, Mlp, MlpTrace, Side};
-use crate::params::{Grads, ParamStore};
+use crate::params::{Grads, ParamId, ParamStore};
 
 /// A schedule's settings were out of range; `key` names the configuration key.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +101,10 @@ impl Schedule {
             .enumerate()
             .find(|(_, b)| !(**b > 0.0 && **b < 1.0))
         {
-            return err("noise_scale", format!("gives β_{t} = {b}; β must be in (0, 1)"));
+            return err(
+                "noise_scale",
+                format!("gives β_{t} = {b}; β must be in (0, 1)"),
+            );
         }
         let mut alpha_bar = Vec::with_capacity(steps);
         let mut prod = 1.0f64;
@@ -225,12 +228,27 @@ pub fn time_embedding(t: f64, dim: usize, out: &mut [f32]) {
 /// `t` through a linear layer, then an MLP on `[z_t ; temb(t) ; c_u]` (tanh between layers, a
 /// linear output of the latent's width). `c_u`, when the model is conditioned, is a side input
 /// of the first layer (data: no gradient); `z_t` and the time features get gradients.
+///
+/// Optionally ([`Denoiser::with_block_embedding`]) a learned embedding per block of the batch
+/// is added to the time features, as class-conditional diffusion models add a class
+/// embedding to the time embedding (Dhariwal & Nichol 2021; Peebles & Xie 2023): MacridVAE's
+/// facets share one denoiser this way.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Denoiser {
     time: Dense,
     mlp: Mlp,
     latent: usize,
     temb: usize,
+    blocks: Option<BlockEmbedding>,
+}
+
+/// A learned `[blocks, temb]` table whose row `g` is added to the time features of block `g`
+/// of a block-major batch (the layout of a [`Side`] input: with `rows = blocks x b`, row
+/// `g * b + r` is block `g`'s).
+#[derive(Clone, Debug, PartialEq)]
+struct BlockEmbedding {
+    id: ParamId,
+    blocks: usize,
 }
 
 /// What [`Denoiser::forward`] keeps for the backward pass.
@@ -289,7 +307,42 @@ impl Denoiser {
             mlp: Mlp::new(layers),
             latent,
             temb,
+            blocks: None,
         }
+    }
+
+    /// The same denoiser with a learned block embedding: `name` `[blocks, temb]` registered in
+    /// `store` (after the denoiser's layers) with initial values `values`. Every batch it is
+    /// given must then be `blocks` blocks of equal size, block-major, and block `g`'s rows get
+    /// row `g` added to their time features (after the time layer). Without one, the denoiser
+    /// is exactly as before.
+    pub fn with_block_embedding(
+        mut self,
+        store: &mut ParamStore,
+        name: &str,
+        blocks: usize,
+        values: Vec<f32>,
+    ) -> Self {
+        assert!(blocks >= 1, "at least one block");
+        let id = store.add(name, vec![blocks, self.temb], values);
+        self.blocks = Some(BlockEmbedding { id, blocks });
+        self
+    }
+
+    /// The block embedding's tensor, if the denoiser has one.
+    pub fn block_embedding(&self) -> Option<ParamId> {
+        self.blocks.as_ref().map(|b| b.id)
+    }
+
+    /// Rows per block of a `rows`-row batch (checked to divide evenly).
+    fn block_rows(blocks: &BlockEmbedding, rows: usize) -> usize {
+        assert_eq!(
+            rows % blocks.blocks,
+            0,
+            "a batch of {rows} rows is not {} equal blocks",
+            blocks.blocks
+        );
+        rows / blocks.blocks
     }
 
     /// The prediction (`ε̂` or `ẑ_0`) `[rows, latent]` for `z_t` `[rows, latent]` at steps
@@ -307,7 +360,15 @@ impl Denoiser {
         for (row, &t) in sinusoids.chunks_exact_mut(e.max(1)).zip(steps) {
             time_embedding(t as f64, e, row);
         }
-        let tfeat = self.time.forward(store, &sinusoids, None, rows);
+        let mut tfeat = self.time.forward(store, &sinusoids, None, rows);
+        if let Some(be) = &self.blocks {
+            let per = Self::block_rows(be, rows);
+            let table = store.get(be.id);
+            for (r, row) in tfeat.chunks_exact_mut(e.max(1)).enumerate() {
+                let g = &table[(r / per) * e..][..e];
+                row.iter_mut().zip(g).for_each(|(v, g)| *v += g);
+            }
+        }
         let mut x = vec![0f32; rows * (d + e)];
         for (r, row) in x.chunks_exact_mut(d + e).enumerate() {
             row[..d].copy_from_slice(&zt[r * d..][..d]);
@@ -338,6 +399,16 @@ impl Denoiser {
         for (r, row) in dx.chunks_exact(d + e).enumerate() {
             dz[r * d..][..d].copy_from_slice(&row[..d]);
             dt[r * e..][..e].copy_from_slice(&row[d..]);
+        }
+        if let Some(be) = &self.blocks {
+            // Each block's rows summed in row order.
+            let per = Self::block_rows(be, rows);
+            let mut g = vec![0f32; be.blocks * e];
+            for (r, row) in dt.chunks_exact(e.max(1)).enumerate() {
+                let gb = &mut g[(r / per) * e..][..e];
+                gb.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+            grads.set(be.id, &g);
         }
         let mut unused = Vec::new();
         self.time.backward(
@@ -719,6 +790,101 @@ mod tests {
             close(grads.get(*id), host(t.grad(&g).unwrap()), store.name(*id));
         }
         close(&dz, host(zt_t.grad(&g).unwrap()), "dz_t");
+    }
+
+    /// The block embedding (MacridVAE's facets): a denoiser over 3 blocks of 2 rows, with the
+    /// conditioning repeated per block, against burn's autodiff of the same graph (the time
+    /// features plus the block's embedding row); the embedding's gradient is each block's
+    /// sum. A zero table gives the plain denoiser's output, and a batch that is not whole
+    /// blocks is refused.
+    #[test]
+    fn block_embedding_matches_burn_autodiff() {
+        use burn::tensor::{Device, Int, Tensor, TensorData};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+        let (d, e, c, blocks, per) = (3, 6, 2, 3, 2);
+        let rows = blocks * per;
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random::<f32>() - 0.5).collect() };
+        let layers: Vec<(Vec<f32>, Vec<f32>)> = [(e, e), (d + e + c, 5), (5, 4), (4, d)]
+            .iter()
+            .map(|&(i, o)| (draw(i * o), draw(o)))
+            .collect();
+        let build = |store: &mut ParamStore| {
+            let mut it = layers.clone().into_iter();
+            Denoiser::new(store, "den", (d, e, c), &[5, 4], |_, _| it.next().unwrap())
+        };
+        let table = draw(blocks * e);
+        let zt = draw(rows * d);
+        let cu = draw(per * c);
+        let r = draw(rows * d);
+        let steps = [0usize, 7, 39, 12, 3, 3];
+        let side = Some(Side::new(&cu, blocks));
+
+        let mut plain_store = ParamStore::new();
+        let plain = build(&mut plain_store);
+        let (plain_out, _) = plain.forward(&plain_store, &zt, &steps, side);
+        let mut zero_store = ParamStore::new();
+        let zero = build(&mut zero_store).with_block_embedding(
+            &mut zero_store,
+            "den.block",
+            blocks,
+            vec![0.0; blocks * e],
+        );
+        assert_eq!(zero.forward(&zero_store, &zt, &steps, side).0, plain_out);
+
+        let mut store = ParamStore::new();
+        let den = build(&mut store).with_block_embedding(&mut store, "den.block", blocks, table);
+        assert_eq!(den.block_embedding(), store.id("den.block"));
+        assert_eq!(plain.block_embedding(), None);
+        let (out, trace) = den.forward(&store, &zt, &steps, side);
+        assert_ne!(out, plain_out);
+        let mut grads = store.zero_grads();
+        let dz = den.backward(&store, &trace, &out, r.clone(), side, &mut grads);
+
+        let dev = Device::flex().autodiff();
+        let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().unwrap();
+        let params = burn_params(&store, &dev);
+        let p = |i: usize| params[i].1.clone();
+        let mut sin = vec![0f32; rows * e];
+        for (row, &t) in sin.chunks_exact_mut(e).zip(&steps) {
+            time_embedding(t as f64, e, row);
+        }
+        let sin = Tensor::<2>::from_data(TensorData::new(sin, [rows, e]), &dev);
+        let block_of: Vec<i64> = (0..rows as i64).map(|r| r / per as i64).collect();
+        let block_of = Tensor::<1, Int>::from_data(TensorData::new(block_of, [rows]), &dev);
+        let tfeat = sin.matmul(p(0)) + p(1) + p(8).select(0, block_of);
+        let zt_t =
+            Tensor::<2>::from_data(TensorData::new(zt.clone(), [rows, d]), &dev).require_grad();
+        let cu_t = Tensor::<2>::from_data(TensorData::new(cu.clone(), [per, c]), &dev);
+        let x = Tensor::cat(
+            vec![zt_t.clone(), tfeat, Tensor::cat(vec![cu_t; blocks], 0)],
+            1,
+        );
+        let h1 = (x.matmul(p(2)) + p(3)).tanh();
+        let h2 = (h1.matmul(p(4)) + p(5)).tanh();
+        let y = h2.matmul(p(6)) + p(7);
+        for (a, b) in out.iter().zip(host(y.clone())) {
+            assert!((a - b).abs() < 1e-5, "output {a} vs {b}");
+        }
+        let rt = Tensor::<2>::from_data(TensorData::new(r, [rows, d]), &dev);
+        let g = (y * rt).sum().backward();
+        let close = |got: &[f32], want: Vec<f32>, what: &str| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5 + 1e-4 * b.abs(), "{what}: {a} vs {b}");
+            }
+            assert!(got.iter().any(|&v| v != 0.0), "{what} all zero");
+        };
+        assert_eq!(params.len(), 9);
+        for (id, t) in &params {
+            close(grads.get(*id), host(t.grad(&g).unwrap()), store.name(*id));
+        }
+        close(&dz, host(zt_t.grad(&g).unwrap()), "dz_t");
+
+        let five =
+            std::panic::catch_unwind(|| den.forward(&store, &zt[..5 * d], &steps[..5], None));
+        assert!(five.is_err(), "5 rows are not 3 equal blocks");
     }
 
     /// Every tensor of `store` as a tracked 2-d burn tensor (a bias as one row), in
