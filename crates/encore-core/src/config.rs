@@ -378,8 +378,8 @@ fn merge_into<T: Serialize + DeserializeOwned>(
 ) -> Result<T, ModelError> {
     let base = Table::try_from(defaults)
         .map_err(|e| ModelError::config(prefix, format!("cannot serialise defaults: {e}")))?;
-    for key in user.keys() {
-        if !base.contains_key(key) {
+    for (key, value) in user {
+        if !base.contains_key(key) && !accepts_key::<T>(&base, key, value) {
             let known: Vec<&str> = base.keys().map(String::as_str).collect();
             return Err(ModelError::config(
                 format!("{prefix}{key}"),
@@ -411,6 +411,18 @@ fn merge_into<T: Serialize + DeserializeOwned>(
             }
             Err(ModelError::config(prefix, err.message().trim().to_string()))
         }
+    }
+}
+
+/// Whether `T` has the field `key` although its serialised defaults leave it out (an optional
+/// key whose default is `None`, which TOML cannot write, such as the VAEs' `reverse_steps`):
+/// `T` takes the key with `value`, or refuses the value rather than the key.
+fn accepts_key<T: DeserializeOwned>(base: &Table, key: &str, value: &Value) -> bool {
+    let mut one = base.clone();
+    one.insert(key.to_string(), value.clone());
+    match Value::Table(one).try_into::<T>() {
+        Ok(_) => true,
+        Err(e) => !e.message().contains("unknown field"),
     }
 }
 
@@ -467,6 +479,9 @@ mod tests {
         lr: f64,
         hidden: Vec<usize>,
         flag: bool,
+        /// Optional, absent from the serialised defaults.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<usize>,
     }
 
     impl ModelConfig for Toy {
@@ -479,6 +494,7 @@ mod tests {
                 lr: 1e-3,
                 hidden: vec![600],
                 flag: recbole,
+                start: None,
             }
         }
         fn check(&self) -> Result<(), ModelError> {
@@ -519,6 +535,19 @@ mod tests {
         assert!(c.model.flag);
         assert_eq!(c.model.lr, 0.01);
         assert_eq!(c.train.epochs, 300);
+    }
+
+    /// A key the defaults leave out (`None`) can still be set, and a bad value for it is
+    /// named as such, not as an unknown key.
+    #[test]
+    fn optional_keys_can_be_set() {
+        let c: RunConfig<Toy> = resolve(None, &sets(&["start=7"])).unwrap();
+        assert_eq!(c.model.start, Some(7));
+        let e = resolve::<Toy>(None, &sets(&["start=-1"])).unwrap_err();
+        assert!(e.to_string().contains("bad value"), "{e}");
+        assert_eq!(key_of(e), "start");
+        let e = resolve::<Toy>(None, &sets(&["stat=7"])).unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
     }
 
     #[test]
