@@ -7,7 +7,11 @@ use encore_core::config::check_range;
 use encore_core::ModelError;
 use encore_nn::diffusion::{Denoiser, MeanType, Schedule};
 use encore_nn::ParamStore;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::common::normals;
 
 /// Which schedule, if any (`diffusion` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -141,5 +145,42 @@ impl LatentDiffusion {
             mean_type: keys.mean_type.into(),
             lambda: keys.lambda,
         })
+    }
+}
+
+/// One training step's draws for the diffusion term: a step `t` per latent row, uniform over
+/// the schedule, and `ε ~ N(0, 1)` `[rows, d]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Draws {
+    pub steps: Vec<usize>,
+    pub eps: Vec<f32>,
+}
+
+impl LatentDiffusion {
+    /// The same diffusion part with a learned facet embedding added to the time features
+    /// (MODELS.md, "Ours (MacridVAE)"): `denoiser.facet_emb` `[facets, time_dim]` with initial
+    /// values `values`, registered after the denoiser's layers. Batches are then facet-major
+    /// (row `k * B + r` is user `r`'s facet `k`), as MacridVAE's latents are.
+    pub fn with_facet_embedding(
+        mut self,
+        params: &mut ParamStore,
+        facets: usize,
+        values: Vec<f32>,
+    ) -> Self {
+        self.denoiser =
+            self.denoiser
+                .with_block_embedding(params, "denoiser.facet_emb", facets, values);
+        self
+    }
+
+    /// The draws of one training step for `rows` latents of width `d`, from `rng`: every
+    /// row's step first, then `ε` row by row (Diff-MultiVAE's order).
+    pub fn draw(&self, rng: &mut ChaCha8Rng, rows: usize, d: usize) -> Draws {
+        Draws {
+            steps: (0..rows)
+                .map(|_| rng.random_range(0..self.schedule.steps()))
+                .collect(),
+            eps: normals(rng, rows * d, 1.0),
+        }
     }
 }

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::{MacridVae, Noise, Scratch, StepLoss};
 use crate::common::SparseBatch;
+use encore_nn::diffusion::DiffusionPass;
 use encore_nn::kernels::{col_sums, exp_scaled_accumulate, tanh_backward, tanh_inplace};
 use encore_nn::{matmul, transpose_into, Csr, FacetCsr, Grads, Mat, MlpTrace, Side};
 
@@ -104,12 +105,30 @@ pub(super) struct Trace {
     mu: Vec<f32>,
     mu_norms: Vec<f32>,
     sigma: Vec<f32>,
+    /// The facet latents `[K * B, d]`: in training the normalised sample (`z_0` of the
+    /// diffusion term), when scoring `μ` or, with diffusion, the reverse chain's `ẑ_0`
+    /// normalised.
     z: Vec<f32>,
     z_norms: Vec<f32>,
+    /// Diff-MacridVAE in training: the diffusion term's pass on `z` and its `ẑ_0`,
+    /// normalised (`[K * B, d]`, the latent the decoder sees), with its norms.
+    diff: Option<(DiffusionPass, Vec<f32>, Vec<f32>)>,
     /// MacridVAE-C: `z̃ = normalise([z ; c_u])` `[K * B, d + c]` and its pre-normalisation
     /// norms (empty for the plain model, whose decoder uses `z`).
     zt: Vec<f32>,
     zt_norms: Vec<f32>,
+}
+
+impl Trace {
+    /// The decoder's latents: `z̃` (MacridVAE-C), the normalised `ẑ_0` (Diff-MacridVAE in
+    /// training) or `z`.
+    fn decoder_latents(&self) -> &[f32] {
+        match (&self.diff, self.zt.is_empty()) {
+            (_, false) => &self.zt,
+            (Some((_, z_hat, _)), true) => z_hat,
+            (None, true) => &self.z,
+        }
+    }
 }
 
 /// The sizes of a pass over a batch of `b` users: facets, latent width, catalogue,
@@ -147,7 +166,7 @@ impl MacridVae {
         let Dims {
             k, b, n, tau, de, ..
         } = self.dims(x.n_rows);
-        let dec_z: &[f32] = if t.zt.is_empty() { &t.z } else { &t.zt };
+        let dec_z = t.decoder_latents();
         // Decoder, one facet at a time into one buffer: p += exp(z_k Ĥᵀ / τ) ⊙ C_{·k}.
         let ct = facet_major(&t.front.c, n, k);
         let mut probs = vec![0f32; b * n];
@@ -326,13 +345,57 @@ impl MacridVae {
                 });
             z_norms = normalise_rows(&mut z, d);
         }
+        // Latent diffusion on the K * B facet rows (one shared denoiser, the facet embedding
+        // added to the time features, c_u repeated per facet like the encoder's).
+        let mut diff = None;
+        match (&self.diffusion, noise) {
+            (None, _) => {}
+            (Some(ld), Some(nz)) => {
+                // Training: z_t from the sample z_0 = z; the decoder sees normalise(ẑ_0).
+                let dr = nz
+                    .diff
+                    .as_ref()
+                    .expect("a diffusion model's step draws its terms");
+                let pass = ld.denoiser.diffusion_pass(
+                    &self.params,
+                    &ld.schedule,
+                    ld.mean_type,
+                    &z,
+                    &dr.steps,
+                    &dr.eps,
+                    side,
+                );
+                let mut z_hat = pass.x0_hat.clone();
+                let norms = normalise_rows(&mut z_hat, d);
+                diff = Some((pass, z_hat, norms));
+            }
+            (Some(ld), None) if ld.start > 0 => {
+                // Scoring: μ taken as z_{t_s}, the reverse chain's ẑ_0 normalised (a chain of
+                // no steps leaves μ, already unit-norm, as it is).
+                ld.denoiser.reverse(
+                    &self.params,
+                    &ld.schedule,
+                    ld.mean_type,
+                    &mut z,
+                    ld.start,
+                    side,
+                    None,
+                );
+                normalise_rows(&mut z, d);
+            }
+            (Some(_), None) => {}
+        }
         // MacridVAE-C: z̃_k = normalise([z_k ; c_u]), the decoder's latent.
         let (mut zt, mut zt_norms) = (Vec::new(), Vec::new());
         if cd > 0 {
             let cv = cond.expect("a conditioned model runs with conditioning vectors");
+            let latent: &[f32] = match &diff {
+                Some((_, z_hat, _)) => z_hat,
+                None => &z,
+            };
             zt = vec![0f32; k * b * de];
             for (r, row) in zt.chunks_exact_mut(de).enumerate() {
-                row[..d].copy_from_slice(&z[r * d..][..d]);
+                row[..d].copy_from_slice(&latent[r * d..][..d]);
                 row[d..].copy_from_slice(&cv[(r % b) * cd..][..cd]);
             }
             zt_norms = normalise_rows(&mut zt, de);
@@ -346,6 +409,7 @@ impl MacridVae {
             sigma,
             z,
             z_norms,
+            diff,
             zt,
             zt_norms,
         }
@@ -375,7 +439,7 @@ impl MacridVae {
         let inv_tau = 1.0 / tau;
         let inv_b = 1.0 / b.max(1) as f32;
         let (c_all, items_n) = (&t.front.c, &t.front.items_n);
-        let dec_z: &[f32] = if t.zt.is_empty() { &t.z } else { &t.zt };
+        let dec_z = t.decoder_latents();
         let ct = facet_major(c_all, n, k);
         let bu = scratch
             .block_users
@@ -620,6 +684,29 @@ impl MacridVae {
                 .flat_map(|row| row[..d].iter().copied())
                 .collect();
         }
+        let mut grads = std::mem::take(&mut scratch.grads);
+        if grads.values().len() != p.n_values() {
+            grads = p.zero_grads();
+        }
+        let side = cond.map(|c| Side::new(c, k));
+        // Diff-MacridVAE: back through normalise(ẑ_0) and the diffusion term to z_0 = z. The
+        // denoising loss is summed over facets (as the KL is), so its weight on the pass's
+        // mean over the K * B rows is K λ.
+        let mut diff_loss = None;
+        if let (Some(ld), Some((pass, z_hat, norms))) = (&self.diffusion, &t.diff) {
+            normalise_rows_backward(&mut dz, z_hat, norms, d);
+            let lambda = ld.lambda * k as f64;
+            dz = ld.denoiser.diffusion_backward(
+                p,
+                &ld.schedule,
+                pass,
+                &dz,
+                lambda,
+                side,
+                &mut grads,
+            );
+            diff_loss = Some((ld.lambda, pass.loss * k as f64));
+        }
         // z = normalise(μ + σ ⊙ ε); μ = normalise(μ_raw); σ = exp(−h/2) std0.
         normalise_rows_backward(&mut dz, &t.z, &t.z_norms, d);
         let c_kl = (beta / b.max(1) as f64) as f32;
@@ -638,11 +725,6 @@ impl MacridVae {
                 }
             });
         // Shared encoder backward, then the first layer's tanh and weights.
-        let mut grads = std::mem::take(&mut scratch.grads);
-        if grads.values().len() != p.n_values() {
-            grads = p.zero_grads();
-        }
-        let side = cond.map(|c| Side::new(c, k));
         let mut dh = std::mem::take(&mut scratch.first_grad);
         net.encoder
             .backward_into(p, &t.enc, &t.enc_out, dy, side, kb, &mut grads, &mut dh);
@@ -717,11 +799,11 @@ impl MacridVae {
         scratch.first_out = t.enc.take_input(0);
         scratch.first_grad = dy;
         let loss = StepLoss {
-            loss: recon + beta * kl,
+            loss: recon + beta * kl + diff_loss.map_or(0.0, |(l, v)| l * v),
             recon,
             kl,
             beta,
-            diff: None,
+            diff: diff_loss.map(|(_, v)| v),
         };
         (loss, grads)
     }
