@@ -1163,6 +1163,16 @@ mod tests {
         assert_eq!(resumed.sampler, m1.sampler);
     }
 
+    /// `configs/diffrec.toml` is the official setting with the official protocol.
+    #[test]
+    fn shipped_config_is_the_official_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/diffrec.toml");
+        let c = encore_core::config::resolve::<DiffRecConfig>(Some(&path), &[]).unwrap();
+        assert_eq!(c.model, DiffRecConfig::ml1m());
+        assert_eq!((c.train.eval_every, c.train.patience), (5, 2));
+        assert_eq!(c.train.valid_metric, "recall@20");
+    }
+
     #[test]
     fn config_errors_name_the_key() {
         let bad = |f: &dyn Fn(&mut DiffRecConfig), key: &str| {
