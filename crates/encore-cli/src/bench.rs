@@ -4,12 +4,14 @@
 //! memory), cache write, cache reload (time, peak memory), and full-ranking evaluation of Pop
 //! (users per second). Peak memory is the process's resident high-water mark, reset between
 //! phases through `/proc/self/clear_refs` (Linux).
+//!
+//! `encore bench serve` load-tests the HTTP service instead (`crate::serve::bench`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, Subcommand};
 use encore_baselines::Pop;
 use encore_core::ModelScorer;
 use encore_data::readers::InteractionFormat;
@@ -19,9 +21,12 @@ use encore_eval::{evaluate, EvalOptions};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore bench --preset onion --work-dir /tmp/encore-bench\n  encore bench --preset small\n\nThe work directory holds the generated world (about 4 GB for onion) and is removed at the end\nunless --keep is given; an existing world there is reused."
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:\n  encore bench --preset onion --work-dir /tmp/encore-bench\n  encore bench --preset small\n  encore bench serve --run runs/onion-multivae --clients 2 --requests 5000\n\nThe work directory holds the generated world (about 4 GB for onion) and is removed at the end\nunless --keep is given; an existing world there is reused."
 )]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Synthetic world size.
     #[arg(long, default_value = "onion")]
     pub preset: String,
@@ -39,6 +44,13 @@ pub struct BenchArgs {
     pub eval_users: Option<usize>,
 }
 
+#[derive(Subcommand, Clone, Debug)]
+pub enum BenchCommand {
+    /// Load-test the HTTP service on loopback: concurrent clients, a fixed request count, a
+    /// share of malformed requests; throughput, latency percentiles, statuses, memory.
+    Serve(crate::serve::BenchServeArgs),
+}
+
 /// Resident-set high-water mark in MiB, and reset it (Linux; `None` elsewhere).
 fn peak_rss_mib_and_reset() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -54,6 +66,9 @@ fn peak_rss_mib_and_reset() -> Option<f64> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Serve(serve)) = args.command {
+        return crate::serve::bench(serve);
+    }
     let preset: Preset = args
         .preset
         .parse()

@@ -9,6 +9,7 @@ mod models;
 mod progress;
 mod recommend;
 mod report;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -47,8 +48,10 @@ enum Command {
     Report(report::ReportArgs),
     /// Generate the synthetic `small` world, train every model, print a results table.
     Demo(demo::DemoArgs),
-    /// Measure the hot paths and print a table.
+    /// Measure the hot paths and print a table; `bench serve`: load-test the HTTP service.
     Bench(bench::BenchArgs),
+    /// Serve trained runs over HTTP: a JSON API under /v1, health, metrics and a web page.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -59,10 +62,15 @@ fn main() {
     if matches!(cli.command, Command::Train(_) | Command::Demo(_)) {
         encore_core::alloc::retain_freed_memory();
     }
+    // The service logs each request (`encore_serve::access`) unless RUST_LOG says otherwise.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,encore_serve=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -84,6 +92,7 @@ fn main() {
         Command::Report(args) => report::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", error_chain(&e));

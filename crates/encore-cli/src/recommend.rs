@@ -1,96 +1,131 @@
-//! `encore recommend`: top-k for a known user, or for a history the model never saw (fold-in).
+//! `encore recommend`: top-k for a known user, for a history the model never saw (fold-in),
+//! or for every user at once (the batch export `encore evaluate --recommendations` reads).
+//! Each goes through `encore_serve::ServedRun`, the code the HTTP service answers with, so the
+//! command line and the service give the same items, order and scores.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use encore_core::run;
+use encore_serve::{ExportPart, Scored, ServedRun};
 
-use crate::models;
+use crate::evaluate::Part;
+use crate::{models, progress};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --user 196 -k 10\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --history 50,172,181 -k 5"
+    after_help = "Examples:\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --user 196 -k 10\n  encore recommend --run runs/pop-ml-100k-ratio-2020 --history 50,172,181 -k 5\n  encore recommend --run runs/mvae --all-users --on test -k 100 --out recs.tsv\n  encore evaluate --split runs/mvae/split --recommendations recs.tsv --k 10,20\n\nA known user never gets what they heard (model input, validation and test items); a history\nnever gets its own items. Ids of a history that are not in the catalogue are skipped and\nreported; it is an error only when none is known. --all-users writes\n`user_id<TAB>item_id<TAB>rank<TAB>score` for every user, excluding what the evaluation\nprotocol excludes for --on (test: model input and validation items; valid: model input)."
 )]
 pub struct RecommendArgs {
     /// A run directory.
     #[arg(long)]
     pub run: PathBuf,
     /// A user id of the dataset (original id).
-    #[arg(long, conflicts_with = "history")]
+    #[arg(long, conflicts_with_all = ["history", "all_users"])]
     pub user: Option<String>,
     /// A listening history as comma-separated item ids (original ids): a new listener.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "all_users")]
     pub history: Option<Vec<String>>,
+    /// Every user's top-k, written to --out.
+    #[arg(long, requires = "out")]
+    pub all_users: bool,
+    /// With --all-users: the part of the split the lists are for (what is excluded).
+    #[arg(long, value_enum, default_value = "test", requires = "all_users")]
+    pub on: Part,
+    /// With --all-users: the file to write (atomically).
+    #[arg(long, requires = "all_users")]
+    pub out: Option<PathBuf>,
     /// How many recommendations.
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
 }
 
 pub fn run(args: RecommendArgs) -> Result<()> {
-    let loaded = run::load(&args.run)?;
-    let model = loaded.model(&models::find(&loaded.info.model)?)?;
-    let ds = &loaded.dataset;
-    let s = &loaded.split;
-    let n_items = model.n_items();
-    let mut scores = vec![0f32; n_items];
-    // Items the listener already heard are never recommended.
-    let heard: Vec<u32> = match (&args.user, &args.history) {
-        (Some(id), None) => {
-            let u = ds
-                .users
-                .get(id)
-                .with_context(|| format!("--user: `{id}` is not a user of {}", ds.name))?;
-            model.score_users(&[u], &s.input, &mut scores);
-            let known = s.input.union(&s.valid).union(&s.test);
-            known.row(u as usize).to_vec()
+    if args.k == 0 {
+        bail!("-k: expected a positive number of recommendations, got 0");
+    }
+    if args.user.is_none() && args.history.is_none() && !args.all_users {
+        bail!("give --user ID, --history ID,ID,... or --all-users --out FILE");
+    }
+    let run = ServedRun::load("run", &args.run, &models::registry())
+        .with_context(|| format!("--run {}", args.run.display()))?;
+    if args.all_users {
+        let out = args.out.as_deref().expect("clap requires --out");
+        return export(&run, args.on, args.k, out);
+    }
+    let items = match (&args.user, &args.history) {
+        (Some(id), _) => {
+            let u = run.dataset.users.get(id.trim()).with_context(|| {
+                format!(
+                    "--user: `{id}` is not a user of {} ({} users)",
+                    run.dataset.name,
+                    run.dataset.users.len()
+                )
+            })?;
+            run.recommend_user(u, &[], args.k)
         }
-        (None, Some(history)) => {
-            let mut items = Vec::with_capacity(history.len());
-            for id in history {
-                let id = id.trim();
-                let i = ds
-                    .items
-                    .get(id)
-                    .with_context(|| format!("--history: `{id}` is not an item of {}", ds.name))?;
-                items.push(i);
+        (None, Some(ids)) => {
+            let history = run.resolve_history(ids);
+            if history.items.is_empty() {
+                bail!(
+                    "--history: none of the {} ids is in the catalogue of {} ({} items): {}",
+                    history.ignored.len(),
+                    run.dataset.name,
+                    run.n_items(),
+                    history.ignored.join(", ")
+                );
             }
-            items.sort_unstable();
-            items.dedup();
-            model.score_history(&items, &mut scores)?;
-            items
+            if !history.ignored.is_empty() {
+                eprintln!(
+                    "warning: --history: skipped {} id(s) not in the catalogue of {}: {}",
+                    history.ignored.len(),
+                    run.dataset.name,
+                    history.ignored.join(", ")
+                );
+            }
+            run.recommend_history(&history.items, &[], args.k)?
         }
-        _ => bail!("give --user ID or --history ID,ID,..."),
+        (None, None) => unreachable!("checked above"),
     };
-    for &i in &heard {
-        scores[i as usize] = f32::NEG_INFINITY;
-    }
-    let mut order: Vec<u32> = (0..n_items as u32)
-        .filter(|&i| scores[i as usize] > f32::NEG_INFINITY)
-        .collect();
-    let k = args.k.min(order.len());
-    let cmp = |a: &u32, b: &u32| {
-        scores[*b as usize]
-            .total_cmp(&scores[*a as usize])
-            .then(a.cmp(b))
-    };
-    if k < order.len() && k > 0 {
-        order.select_nth_unstable_by(k - 1, cmp);
-    }
-    order.truncate(k);
-    order.sort_unstable_by(cmp);
+    print_list(&run, &items);
+    Ok(())
+}
+
+fn print_list(run: &ServedRun, items: &[Scored]) {
     println!("{:>4}  {:<20} {:>10}  name", "rank", "item_id", "score");
-    for (r, &i) in order.iter().enumerate() {
+    for (r, s) in items.iter().enumerate() {
         println!(
             "{:>4}  {:<20} {:>10.4}  {}",
             r + 1,
-            ds.items.id(i),
-            scores[i as usize],
-            ds.item_names
-                .as_ref()
-                .map(|n| n[i as usize].as_str())
-                .unwrap_or("")
+            run.item_id(s.item),
+            s.score,
+            run.item_name(s.item).unwrap_or("")
         );
     }
+}
+
+fn export(run: &ServedRun, on: Part, k: usize, out: &std::path::Path) -> Result<()> {
+    let part = match on {
+        Part::Test => ExportPart::Test,
+        Part::Valid => ExportPart::Valid,
+    };
+    let bar = progress::bar(run.dataset.users.len() as u64, "users");
+    let mut summary = None;
+    encore_io::write_atomic(out, |w| {
+        summary = Some(run.export_all_users(part, k, w, &|n| bar.inc(n))?);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let summary = summary.expect("written");
+    let excluded = match part {
+        ExportPart::Test => "model input and validation items excluded",
+        ExportPart::Valid => "model input excluded",
+    };
+    println!(
+        "wrote the top {k} of {} users ({} lines; {excluded}) to {}",
+        summary.users,
+        summary.lines,
+        out.display()
+    );
     Ok(())
 }
