@@ -3,7 +3,8 @@
 //! training interactions: one step of the `recbole` preset is one epoch there), and the raw
 //! throughput of the matrix product the decoder is bound by; and the conditioned variants
 //! (MultiVAE-C, MacridVAE-C, 128 conditioning dimensions, random features on 90% of the items)
-//! next to them, to see what the conditioning costs.
+//! next to them, to see what the conditioning costs; and both with latent diffusion
+//! (Diff-MultiVAE, Diff-MacridVAE): an epoch, and scoring through the reverse chain.
 //!
 //! ```text
 //! RAYON_NUM_THREADS=1 cargo bench -p encore-vae --bench vae
@@ -12,6 +13,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use encore_core::{EpochContext, Recommender, Trainable};
 use encore_data::InteractionMatrix;
+use encore_vae::latent_diffusion::DiffusionKind;
 use encore_vae::{Conditioning, MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,6 +75,38 @@ fn bench(c: &mut Criterion) {
         b.iter(|| epoch(&mut m, &train, &mut rng))
     });
     g.bench_function("macridvae score all users", |b| {
+        b.iter(|| m.score_users(&users, &train, &mut out))
+    });
+    // Latent diffusion (MODELS.md): the cost targets of issue #14 are a Diff-MultiVAE epoch
+    // against a MultiVAE epoch, and scoring through the reverse chain (40 steps for `diffrec`,
+    // 1000 for `paper`, batched over all users) against MultiVAE's scoring.
+    for (kind, label) in [
+        (DiffusionKind::Diffrec, "diffrec"),
+        (DiffusionKind::Paper, "paper"),
+    ] {
+        let cfg = MultiVaeConfig {
+            diffusion: kind,
+            ..MultiVaeConfig::recbole()
+        };
+        let mut m = MultiVae::new(cfg, n).unwrap();
+        if kind == DiffusionKind::Diffrec {
+            g.bench_function("diff-multivae epoch", |b| {
+                b.iter(|| epoch(&mut m, &train, &mut rng))
+            });
+        }
+        g.bench_function(format!("diff-multivae ({label}) score all users"), |b| {
+            b.iter(|| m.score_users(&users, &train, &mut out))
+        });
+    }
+    let cfg = MacridVaeConfig {
+        diffusion: DiffusionKind::Diffrec,
+        ..MacridVaeConfig::recbole()
+    };
+    let mut m = MacridVae::new(cfg, n).unwrap();
+    g.bench_function("diff-macridvae epoch", |b| {
+        b.iter(|| epoch(&mut m, &train, &mut rng))
+    });
+    g.bench_function("diff-macridvae (diffrec) score all users", |b| {
         b.iter(|| m.score_users(&users, &train, &mut out))
     });
     let mut frng = ChaCha8Rng::seed_from_u64(3);
