@@ -185,7 +185,7 @@ async function recommendInto(panelId) {
     const span = top - low || 1;
     $(".recs", panel).replaceChildren(...body.items.map((item) => {
       const width = 15 + 85 * (item.score - low) / span;
-      return el("li", { "data-item-id": item.item_id },
+      return el("li", { "data-item-id": item.item_id, title: `${item.name || item.item_id} (${item.item_id})` },
         el("span", { class: "rank", textContent: String(item.rank) }),
         titleOf(item),
         el("div", { class: "score" },
@@ -211,6 +211,7 @@ function markShared() {
   const b = new Set([...document.querySelectorAll("#panel-b .recs li")].map((li) => li.dataset.itemId));
   document.querySelectorAll("#panel-a .recs li").forEach((li) => li.classList.toggle("shared", b.has(li.dataset.itemId)));
   document.querySelectorAll("#panel-b .recs li").forEach((li) => li.classList.toggle("shared", a.has(li.dataset.itemId)));
+  $("#legend").hidden = !document.querySelector(".recs li.shared");
 }
 
 async function recommend() {
