@@ -399,29 +399,55 @@ fn read_metrics(run: &Path) -> serde_json::Value {
 
 #[test]
 fn a_run_killed_mid_training_resumes_to_the_same_result() {
-    killed_run_resumes(&[]);
+    killed_run_resumes("multivae", &[]);
 }
 
 /// The same with latent diffusion: the denoiser's weights and moments are part of the
 /// checkpoint, its draws part of the trainer's stream.
 #[test]
 fn a_diffusion_run_killed_mid_training_resumes_to_the_same_result() {
-    killed_run_resumes(&[
-        "--set",
-        "diffusion=diffrec",
-        "--set",
-        "denoiser_hidden=[32]",
-    ]);
+    killed_run_resumes(
+        "multivae",
+        &[
+            "--set",
+            "diffusion=diffrec",
+            "--set",
+            "denoiser_hidden=[32]",
+        ],
+    );
 }
 
-fn killed_run_resumes(extra: &[&str]) {
+/// Diff-MacridVAE too (the facet embedding with the denoiser), with a chain start set
+/// through the config (`reverse_steps`), which the run's saved config must carry back.
+#[test]
+fn a_diff_macridvae_run_killed_mid_training_resumes_to_the_same_result() {
+    killed_run_resumes(
+        "macridvae",
+        &[
+            "--set",
+            "n_facets=3",
+            "--set",
+            "hidden_dims=[32]",
+            "--set",
+            "latent_dim=8",
+            "--set",
+            "diffusion=diffrec",
+            "--set",
+            "denoiser_hidden=[32]",
+            "--set",
+            "reverse_steps=20",
+        ],
+    );
+}
+
+fn killed_run_resumes(model: &str, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_data(tmp.path());
     let args = |out: &Path| -> Vec<String> {
         let mut v: Vec<String> = [
             "train",
             "--model",
-            "multivae",
+            model,
             "--data",
             s(&data),
             "--split",

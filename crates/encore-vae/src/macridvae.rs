@@ -48,9 +48,33 @@
 //! order); this holds for the plain model too, whose own test passes bit for bit only at
 //! `d = 3`.
 //!
+//! Diff-MacridVAE (MODELS.md "Latent diffusion", the paper's "Ours (MacridVAE)"; config
+//! `diffusion` other than `none`, keys shared with Diff-MultiVAE in [`crate::latent_diffusion`]):
+//! the diffusion runs per facet on `z_k`, the `K x B` facet rows going through one shared
+//! denoiser `f(z_t, t, k, c_u)` (`encore_nn::diffusion::Denoiser`) whose time features get a
+//! learned facet embedding added (`denoiser.facet_emb` `[K, time_dim]`).
+//! - Training: `z_0 = z_k` (the normalised sample), a step `t` and `ε` per (user, facet) row,
+//!   `z_t = √ᾱ_t z_0 + √(1 − ᾱ_t) ε`, the denoiser's `ẑ_0` L2-normalised again (as MacridVAE
+//!   normalises `z_k`) and decoded (MacridVAE-C: `normalise([ẑ_0 ; c_u])`); loss `recon + β Σ_k
+//!   KL_k + λ_diff Σ_k ‖target − prediction‖²`, averaged over users.
+//! - Scoring: `μ_k` taken as `z_{t_s}`, the reverse chain with posterior means on all users x
+//!   facets at once, `ẑ_0` normalised, decoded; `t_s = 0` decodes `μ_k` itself (no chain, no
+//!   second normalisation: bit for bit the plain model's scores).
+//!
+//! Resolutions where MODELS.md is silent: the facet embedding is added after the time layer
+//! (where class-conditional diffusion adds its class embedding, Dhariwal & Nichol 2021) and
+//! starts at `N(0, 0.02²)` (DiT's class embedding, Peebles & Xie 2023: small beside the time
+//! features, so the denoiser starts nearly facet-blind); the denoising loss is summed over
+//! facets like the KL term (the diffusion loss of the joint `K d` latent), so `λ_diff`
+//! weighs it against the reconstruction as the KL's `β` does; the denoiser's `c_u` is
+//! repeated per facet, as the encoder's; every draw comes after the plain model's (a step's
+//! `t` and `ε` after its `ε`, the denoiser and the facet embedding after the VAE's weights),
+//! so `diffusion = none` leaves every number as it was.
+//!
 //! Weights (safetensors, `[d_input, d_output]` matrices): `item_embedding` `[I, d]`,
 //! `k_embedding` `[K, d]`, `encoder.<l>.weight`, `encoder.<l>.bias` (MacridVAE-C:
-//! `[I, d + c]`, `[K, d + c]`, and the last encoder weight has `c` more rows).
+//! `[I, d + c]`, `[K, d + c]`, and the last encoder weight has `c` more rows); with diffusion
+//! `denoiser.time.*`, `denoiser.mlp.<l>.*` and `denoiser.facet_emb` after them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
