@@ -440,6 +440,23 @@ fn a_diff_macridvae_run_killed_mid_training_resumes_to_the_same_result() {
     );
 }
 
+/// DiffRec: its importance sampler's loss history is part of the checkpoint (validation
+/// every epoch, so the best checkpoint is chosen among all of them).
+#[test]
+fn a_diffrec_run_killed_mid_training_resumes_to_the_same_result() {
+    killed_run_resumes(
+        "diffrec",
+        &[
+            "--set",
+            "dims=[24]",
+            "--set",
+            "steps=8",
+            "--set",
+            "train.eval_every=1",
+        ],
+    );
+}
+
 fn killed_run_resumes(model: &str, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tiny_data(tmp.path());
@@ -544,7 +561,15 @@ fn config_errors_name_the_key() {
     assert!(err.contains("train.epochs"), "{err}");
     // Every shipped config resolves.
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    for model in ["bpr", "lightgcn", "ease", "multivae", "macridvae"] {
+    for model in [
+        "bpr",
+        "lightgcn",
+        "ease",
+        "itemknn",
+        "multivae",
+        "macridvae",
+        "diffrec",
+    ] {
         let file = configs.join(format!("{model}.toml"));
         let out = tmp.path().join(format!("cfg-{model}"));
         ok(&[
