@@ -257,9 +257,11 @@ async fn the_page_shows_what_recommend_prints_for_the_same_picks() {
     for (id, name) in &targets {
         search.clear().await.unwrap();
         search.send_keys(name).await.unwrap();
+        // The list answering this very query (`data-query`), not the one before it.
+        let query = name.replace('\\', "\\\\").replace('"', "\\\"");
         let hit = wait()
             .for_element(Locator::Css(&format!(
-                "#search-results li[data-item-id=\"{id}\"]:not(.picked)"
+                "#search-results[data-query=\"{query}\"] li[data-item-id=\"{id}\"]:not(.picked)"
             )))
             .await
             .unwrap_or_else(|_| panic!("searching `{name}` lists {id}"));

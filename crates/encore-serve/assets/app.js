@@ -123,6 +123,7 @@ async function search() {
     if (seq !== state.searchSeq) return; // a newer search answered first
     showError($("#search-error"), null);
     const list = $("#search-results");
+    list.dataset.query = q;
     list.replaceChildren(...body.items.map((item) => {
       const picked = state.picks.some((p) => p.item_id === item.item_id);
       const li = el("li", { "data-item-id": item.item_id, class: picked ? "picked" : "", title: "Add to your picks" },
