@@ -9,7 +9,14 @@
 # arms of every comparison alike). Needs the release binary and ../shared (data + MiniLM).
 #
 #   cargo build --release --bin encore && scripts/rq3.sh [OUT_DIR] [ml100k|lastfm|init|report]...
+#
+# MODELS (default "multivae macridvae"), PRESETS (ml-100k; default "recbole original") and
+# SEEDS (default "2020 2021 2022") narrow the grid; finished runs are skipped, a killed run is
+# resumed.
 set -euo pipefail
+MODELS=${MODELS:-multivae macridvae}
+PRESETS=${PRESETS:-recbole original}
+SEEDS=${SEEDS:-2020 2021 2022}
 ENCORE=${ENCORE:-target/release/encore}
 SHARED=${SHARED:-../shared}
 OUT=${1:-runs/rq3}
@@ -40,9 +47,9 @@ LF=$OUT/lastfm
 for part in $PARTS; do
   case $part in
   ml100k)
-    for preset in recbole original; do
-      for seed in 2020 2021 2022; do
-        for model in multivae macridvae; do
+    for preset in $PRESETS; do
+      for seed in $SEEDS; do
+        for model in $MODELS; do
           for diff in none diffrec; do
             train "$OUT/runs-ml100k/$model-$preset-$diff-$seed" --model $model --data "$ML" \
               --split ratio-recbole --seed $seed --set preset=$preset \
@@ -58,8 +65,8 @@ for part in $PARTS; do
     [ -f "$OUT/lastfm_tags_minilm.tsv" ] || $ENCORE features embed-text \
       --model "$SHARED/models/all-MiniLM-L6-v2" --texts "$OUT/lastfm_tags.tsv" \
       --out "$OUT/lastfm_tags_minilm.tsv"
-    for seed in 2020 2021 2022; do
-      for model in multivae macridvae; do
+    for seed in $SEEDS; do
+      for model in $MODELS; do
         for cond in none lyrics; do
           feats=()
           [ $cond != none ] && feats=(--lyrics "$OUT/lastfm_tags_minilm.tsv")
@@ -74,8 +81,8 @@ for part in $PARTS; do
     ;;
   init)
     # Validation after every epoch for the first 5.
-    for seed in 2020 2021 2022; do
-      for model in multivae macridvae; do
+    for seed in $SEEDS; do
+      for model in $MODELS; do
         for diff in none diffrec; do
           train "$OUT/runs-init/$model-$diff-$seed" --model $model --data "$ML" \
             --split ratio-recbole --seed $seed --set preset=recbole \
