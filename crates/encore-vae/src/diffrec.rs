@@ -476,8 +476,9 @@ impl DiffRec {
     }
 
     /// The training batch: the binary rows `x_0` `[B, I]` and the denoiser's input
-    /// `dropout(√ᾱ_t x_0 + √(1 − ᾱ_t) ε)`. Each row draws its noise and mask from its own
-    /// stream, seeded in order from `rng`, so the draws do not depend on the thread count.
+    /// `dropout(√ᾱ_t x_0 + √(1 − ᾱ_t) ε)`. Each row draws its mask and noise from its own
+    /// stream, seeded in order from `rng`, so the draws do not depend on the thread count;
+    /// the noise of a dropped value is never drawn (it would be multiplied by 0).
     fn noisy_batch(
         &self,
         train: &InteractionMatrix,
@@ -504,18 +505,15 @@ impl DiffRec {
                 let a = self.schedule.alpha_bar(t);
                 let (ca, cb) = (a.sqrt() as f32, (1.0 - a).sqrt() as f32);
                 let mut rr = ChaCha8Rng::seed_from_u64(seeds[r]);
+                // Per value: the dropout draw, then (only for a kept value: a dropped one is
+                // 0 whatever its noise) the noise draw.
                 for (x, &v) in xr.iter_mut().zip(x0r.iter()) {
-                    let e: f32 = StandardNormal.sample(&mut rr);
-                    *x = ca * v + cb * e;
-                }
-                if p > 0.0 {
-                    for x in xr.iter_mut() {
-                        *x *= if rr.next_u32() >= threshold {
-                            scale
-                        } else {
-                            0.0
-                        };
-                    }
+                    *x = if p == 0.0 || rr.next_u32() >= threshold {
+                        let e: f32 = StandardNormal.sample(&mut rr);
+                        scale * (ca * v + cb * e)
+                    } else {
+                        0.0
+                    };
                 }
             });
         (x0, xin)
