@@ -53,7 +53,9 @@ use std::sync::OnceLock;
 
 use encore_core::config::{check_range, ModelConfig, Preset, RunConfig, TrainerConfig};
 use encore_core::registry::{FitInput, ModelEntry, TrainedModel};
-use encore_core::{EpochContext, ModelError, Recommender, Trainable};
+use encore_core::{
+    EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
+};
 use encore_data::InteractionMatrix;
 use encore_nn::diffusion::{time_embedding, Schedule};
 use encore_nn::kernels::{col_sums, tanh_backward, tanh_inplace};
@@ -770,6 +772,17 @@ impl Recommender for DiffRec {
         Ok(())
     }
 
+    fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
+        let last = self.net.rest.layers().last()?;
+        Some(ItemRepresentation {
+            source: "the denoiser's output weights (one column per item), cosine",
+            vectors: ItemVectors::Columns {
+                values: self.params.get(last.weight),
+                dim: last.inputs(),
+            },
+        })
+    }
+
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         let cfg = model_config_toml(&self.config)?;
         write_meta(dir, self.name(), self.n_items, &cfg)?;
@@ -1140,6 +1153,16 @@ mod tests {
         let mut one = vec![0f32; n as usize];
         m1.score_history(train.row(7), &mut one).unwrap();
         assert_eq!(one, scores[7 * n as usize..][..n as usize]);
+
+        // Similar items come from the output layer's item columns: an item is its own
+        // nearest neighbour.
+        let rep = m1.item_representation().unwrap();
+        let mut sims = vec![0f32; n as usize];
+        rep.similarities(5, &mut sims);
+        let best = (0..n as usize)
+            .max_by(|&a, &b| sims[a].total_cmp(&sims[b]))
+            .unwrap();
+        assert_eq!(best, 5);
 
         let dir = tempfile::tempdir().unwrap();
         m1.save(dir.path()).unwrap();
