@@ -171,7 +171,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore bench serve --run runs/onion-multivae --clients 2 --requests 5000 --history-len 50\n  encore bench serve --run runs/ml-100k-multivae --clients 8 --requests 20000 --out serve-ml100k.json\n\nThe service runs in this process on 127.0.0.1 (a free port); nothing is sent anywhere else.\nThe load stops after --requests requests or --max-seconds, whichever comes first."
+    after_help = "Examples:\n  encore bench serve --run runs/onion-multivae --clients 2 --requests 5000 --history-len 50\n  encore bench serve --run runs/ml-100k-multivae --clients 8 --requests 20000 --out serve-ml100k.json\n\nThe service runs as a child `encore serve` on 127.0.0.1 (a free port), so the resident memory\nreported is its own; nothing is sent anywhere else. The load stops after --requests requests\nor --max-seconds, whichever comes first; the service is then stopped with SIGTERM.\nRAYON_NUM_THREADS sets the service's scoring threads."
 )]
 pub struct BenchServeArgs {
     /// A run directory to serve (DIR or NAME=DIR; repeatable, the first is asked).
@@ -221,36 +221,31 @@ pub fn bench(args: BenchServeArgs) -> Result<()> {
     if args.max_seconds.is_nan() || args.max_seconds <= 0.0 {
         bail!("--max-seconds: expected a positive number of seconds");
     }
-    let limits = args.limits.limits()?;
-    let runs = load_runs(&args.runs)?;
-    let model = runs[0].name.clone();
-    let catalogue: Vec<String> = runs[0].dataset.items.ids().to_vec();
+    args.limits.limits()?;
+    let (model, first_dir) = name_and_dir(&args.runs[0])?;
+    // The catalogue in index order, as the run's split keeps it (no model needed here).
+    let items_file = first_dir.join("split").join("items.txt");
+    let catalogue: Vec<String> = std::fs::read_to_string(&items_file)
+        .with_context(|| format!("--run {}: reading the catalogue", first_dir.display()))?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let server = ServiceProcess::start(&args)?;
     let info = format!(
-        "{} ({}) on {}: {} items, history {} items, k {}, {} clients, {} requests, {:.0}% malformed, {} rayon threads",
-        model,
-        runs[0].info.model,
-        runs[0].dataset.name,
+        "{model} on {} items: history {} items, k {}, {} clients, {} requests, {:.0}% malformed; service pid {} on {}",
         catalogue.len(),
         args.history_len,
         args.k,
         args.clients,
         args.requests,
         args.malformed * 100.0,
-        rayon::current_num_threads()
+        server.child.id(),
+        server.base,
     );
-    let service = Arc::new(Service::new(runs, limits, None)?);
-    let server = runtime()?;
-    let listener = server.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = server.spawn(encore_serve::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
-    // The clients run on a runtime of their own, apart from the service's workers.
     let clients = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = Client::new(&base, None).map_err(anyhow::Error::msg)?;
+    let client = Client::new(&server.base, None).map_err(anyhow::Error::msg)?;
     let opts = |requests: usize, seed: u64| LoadOptions {
         clients: args.clients,
         requests,
@@ -286,11 +281,7 @@ pub fn bench(args: BenchServeArgs) -> Result<()> {
         Arc::new(move |n| counter.inc(n)),
     ));
     bar.finish_and_clear();
-    let _ = stop.send(());
-    server
-        .block_on(serving)
-        .context("the service task")?
-        .context("the service")?;
+    server.stop()?;
     print_report(&report);
     if let Some(out) = &args.out {
         encore_io::write_json(out, &serde_json::json!({"setup": info, "report": report}))?;
@@ -305,6 +296,71 @@ pub fn bench(args: BenchServeArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `encore serve` in a child process on a free loopback port, so that its memory and CPU are
+/// its own: the load generator measures the service's resident memory alone.
+struct ServiceProcess {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    base: String,
+}
+
+impl ServiceProcess {
+    fn start(args: &BenchServeArgs) -> Result<ServiceProcess> {
+        use std::io::BufRead;
+        let l = &args.limits;
+        let mut cmd = std::process::Command::new(
+            std::env::current_exe().context("locating the encore binary")?,
+        );
+        cmd.arg("serve").args(["--addr", "127.0.0.1:0"]);
+        for run in &args.runs {
+            cmd.args(["--run", run]);
+        }
+        cmd.args(["--max-k", &l.max_k.to_string()])
+            .args(["--max-history", &l.max_history.to_string()])
+            .args(["--max-body-bytes", &l.max_body_bytes.to_string()])
+            .args(["--timeout-ms", &l.timeout_ms.to_string()])
+            // No access log: a line per request would be part of what is measured.
+            .env("RUST_LOG", "warn")
+            .env_remove("ENCORE_TOKEN")
+            .stdout(std::process::Stdio::piped());
+        let mut child = cmd.spawn().context("starting encore serve")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let Some(base) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .map(|w| w.trim_end_matches('/').to_string())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("encore serve did not start (it printed {line:?})");
+        };
+        Ok(ServiceProcess {
+            child,
+            stdout,
+            base,
+        })
+    }
+
+    /// SIGTERM, and the service's clean exit.
+    fn stop(mut self) -> Result<()> {
+        use std::io::Read;
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("kill -TERM")?;
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("encore serve exited with {status} after SIGTERM");
+        }
+        Ok(())
+    }
 }
 
 fn print_report(r: &LoadReport) {
