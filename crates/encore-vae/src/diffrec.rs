@@ -36,7 +36,8 @@
 //! reported ML-1M setting does not use) are not offered. The best-checkpoint comparison is
 //! the trainer's `>=` (a tie moves the best forward) where the code uses `>`, with
 //! `metric_decimals = 15` (no rounding, as the code). Random draws are ours (ChaCha8,
-//! per-row streams), not torch's.
+//! per-row streams), not torch's. Users without training items are left out of the epochs
+//! (as in the VAEs; the code feeds their all-zero rows too).
 //!
 //! Scoring computes the same chain in a cheaper order (a deviation in the last bits only):
 //! the denoiser's output layer is linear and so is the posterior mean, so the first layer's
