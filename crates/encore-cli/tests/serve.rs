@@ -374,6 +374,55 @@ fn serve_answers_like_recommend_and_stops_on_sigterm() {
     assert!(err.contains("shutting down"), "{err}");
 }
 
+/// A run trained with a relative `--data` still finds its dataset, and so its item names,
+/// from another working directory (the service is rarely started where training ran).
+#[test]
+fn a_run_finds_its_dataset_from_any_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_in = |dir: &Path, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_encore"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run_in(
+        tmp.path(),
+        &[
+            "data", "synth", "--preset", "tiny", "--seed", "3", "--out", "world",
+        ],
+    );
+    run_in(
+        tmp.path(),
+        &[
+            "data", "import", "--format", "onion", "--input", "world", "--out", "data",
+        ],
+    );
+    run_in(
+        tmp.path(),
+        &[
+            "train", "--model", "pop", "--data", "data", "--split", "ratio", "--out", "pop",
+        ],
+    );
+    let item = catalogue(&tmp.path().join("pop"))[0].clone();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("pop");
+    let out = run_in(
+        elsewhere.path(),
+        &["recommend", "--run", s(&run), "--history", &item, "-k", "3"],
+    );
+    // Each line ends with the track's name (`Artist - Song`), which only the dataset has.
+    for line in out.lines().skip(1) {
+        assert!(line.contains(" - "), "no name in {line:?}");
+    }
+}
+
 #[test]
 fn serve_refuses_bad_options_before_listening() {
     let tmp = tempfile::tempdir().unwrap();

@@ -118,8 +118,9 @@ pub struct NewRun<'a> {
     /// The model's resolved configuration (written as `config.toml`).
     pub config: &'a dyn ResolvedModel,
     pub dataset: &'a Dataset,
-    /// The prepared dataset directory `dataset` was loaded from, recorded so that [`load`]
-    /// reads the dataset from there again; `None` rebuilds it from the saved split.
+    /// The prepared dataset directory `dataset` was loaded from, recorded (made absolute) so
+    /// that [`load`] reads the dataset from there again; `None` rebuilds it from the saved
+    /// split.
     pub data: Option<&'a Path>,
     pub split: &'a Split,
     /// The run's seed (recorded; the split and the configuration already carry it).
@@ -140,7 +141,11 @@ pub fn create(run: &NewRun<'_>) -> Result<RunInfo, ModelError> {
     let fingerprint = run.dataset.fingerprint();
     let info = RunInfo {
         model: run.model.to_string(),
-        data: run.data.map(Path::to_path_buf),
+        // Absolute, so that the run finds its dataset (and the item names only it has) from
+        // any working directory: `encore serve` is rarely started where training was.
+        data: run
+            .data
+            .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf())),
         dataset_name: run.dataset.name.clone(),
         split: run.split.info(&fingerprint),
         dataset_fingerprint: fingerprint,

@@ -3,7 +3,10 @@
 //! (authorisation on `/v1/*`, the request timeout, metrics and the access log).
 //!
 //! Handlers parse and answer on tokio's blocking pool (scoring is CPU work): a panic there
-//! becomes a logged 500 and never takes the process down.
+//! becomes a logged 500 and never takes the process down. At most one answer per core is
+//! computed at a time; further requests wait their turn in arrival order (within the
+//! request timeout), so a burst queues instead of spawning a thread per request and having
+//! them all compete for the cores and the memory bandwidth.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub struct Service {
     limits: Limits,
     token: Option<String>,
     metrics: Metrics,
+    /// One permit per core: the answers computed at once.
+    workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
@@ -57,11 +62,13 @@ impl Service {
             });
         }
         let metrics = Metrics::new(runs.len());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Service {
             runs,
             limits,
             token,
             metrics,
+            workers: Arc::new(tokio::sync::Semaphore::new(cores)),
         })
     }
 
@@ -305,12 +312,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Answer on the blocking pool; a panic there is logged and answered with 500.
+/// Answer on the blocking pool once a worker permit is free; a panic there is logged and
+/// answered with 500.
 async fn blocking<F>(service: Arc<Service>, f: F) -> Response
 where
     F: FnOnce(&Service) -> Result<Value, ApiError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(move || f(&service)).await {
+    let permit = match service.workers.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => return ApiError::internal("the service is shutting down").into_response(),
+    };
+    // The permit goes with the work: a request that times out while it runs still holds it
+    // until the work ends.
+    let answer = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f(&service)
+    })
+    .await;
+    match answer {
         Ok(Ok(value)) => json_response(StatusCode::OK, &value),
         Ok(Err(e)) => e.into_response(),
         Err(join) => {
