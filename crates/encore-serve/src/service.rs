@@ -147,7 +147,11 @@ impl Service {
 
     /// `POST /v1/recommend`.
     pub fn recommend(&self, body: &[u8]) -> Result<Value, ApiError> {
-        let req = RecommendRequest::parse(body, &self.limits)?;
+        self.answer(RecommendRequest::parse(body, &self.limits)?)
+    }
+
+    /// A parsed `POST /v1/recommend`.
+    pub fn answer(&self, req: RecommendRequest) -> Result<Value, ApiError> {
         let run = self.run(req.model.as_deref())?;
         let exclude = run.known_items(&req.exclude);
         let mut answer = json!({"model": run.name, "k": req.k});
@@ -384,8 +388,13 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<
 }
 
 async fn recommend(State(s): State<Arc<Service>>, headers: HeaderMap, body: Body) -> Response {
-    match read_body(&headers, body, s.limits.max_body_bytes).await {
-        Ok(bytes) => blocking(s, move |s| s.recommend(&bytes)).await,
+    // A malformed request is answered at once, without waiting for a worker.
+    let req = match read_body(&headers, body, s.limits.max_body_bytes).await {
+        Ok(bytes) => RecommendRequest::parse(&bytes, &s.limits),
+        Err(e) => Err(e),
+    };
+    match req {
+        Ok(req) => blocking(s, move |s| s.answer(req)).await,
         Err(e) => e.into_response(),
     }
 }
