@@ -161,12 +161,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
 /// diffusion models made the demo shorten every trained model's epochs (README "Results").
 fn demo_sets(model: &str) -> Vec<String> {
     match model {
-        "bpr" => vec!["train.epochs=50".into()],
-        "lightgcn" => vec!["train.epochs=20".into()],
-        "multivae" => vec!["train.epochs=30".into()],
-        "macridvae" => vec!["train.epochs=20".into()],
-        // Validation every 5 epochs (DiffRec's protocol): 4 evaluations.
-        "diffrec" => vec!["train.epochs=20".into()],
+        "bpr" => vec!["train.epochs=40".into()],
+        "lightgcn" => vec!["train.epochs=15".into()],
+        "multivae" => vec!["train.epochs=25".into()],
+        "macridvae" => vec!["train.epochs=15".into()],
+        // Validation every 5 epochs (DiffRec's protocol): 3 evaluations.
+        "diffrec" => vec!["train.epochs=15".into()],
         _ => Vec::new(),
     }
 }
