@@ -441,6 +441,73 @@ pub(crate) fn read_meta(dir: &Path, name: &str) -> Result<(usize, toml::Table), 
     Ok((n_items, table))
 }
 
+/// The model's configuration alone as a TOML document (`model = ...` and its keys).
+pub(crate) fn model_config_toml<T: encore_core::config::ModelConfig>(
+    config: &T,
+) -> Result<String, ModelError> {
+    let mut table = toml::Table::new();
+    table.insert("model".into(), toml::Value::String(T::MODEL.into()));
+    table.extend(
+        toml::Table::try_from(config)
+            .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))?,
+    );
+    toml::to_string_pretty(&table)
+        .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))
+}
+
+/// The weights file of a saved model folder.
+pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// Write a model folder: `config.toml` (the model's configuration alone), `meta.json` and
+/// the weights (`model.safetensors`, tensors under their parameter names).
+pub(crate) fn save_model<C: encore_core::config::ModelConfig>(
+    dir: &Path,
+    config: &C,
+    n_items: usize,
+    params: &ParamStore,
+) -> Result<(), ModelError> {
+    let cfg = model_config_toml(config)?;
+    write_meta(dir, C::MODEL, n_items, &cfg)?;
+    encore_io::write_f32_tensors(
+        &dir.join(WEIGHTS_FILE),
+        &params.named("", params.values()),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Fill `params` from a model folder's weights, naming the file and tensor on a missing
+/// tensor or a shape mismatch.
+pub(crate) fn load_weights(dir: &Path, params: &mut ParamStore) -> Result<(), ModelError> {
+    let path = dir.join(WEIGHTS_FILE);
+    let tensors = encore_io::read_f32_tensors(&path)?.map;
+    let mut values = vec![0f32; params.n_values()];
+    fill_from(params, &mut values, &tensors, "", &path)?;
+    params.values_mut().copy_from_slice(&values);
+    Ok(())
+}
+
+/// [`encore_core::Recommender::score_history`] for a model that scores rows: the history
+/// (checked, sorted, deduplicated) as a one-row matrix through `score_users`.
+pub(crate) fn score_history(
+    model: &dyn encore_core::Recommender,
+    history: &[u32],
+    out: &mut [f32],
+) -> Result<(), ModelError> {
+    let n_items = model.n_items();
+    let h = checked_history(history, n_items)?;
+    if out.len() != n_items {
+        return Err(ModelError::Input(format!(
+            "score buffer has {} entries, the catalogue {}",
+            out.len(),
+            n_items
+        )));
+    }
+    let m = InteractionMatrix::from_rows(n_items, &[h]);
+    model.score_users(&[0], &m, out);
+    Ok(())
+}
+
 /// A step's named loss parts (`("loss", ..)`, `("recon", ..)`, ...): a model adds a term
 /// (a diffusion loss, say) by adding a name, and the epoch's log gains its mean.
 pub(crate) type LossParts = Vec<(&'static str, f64)>;

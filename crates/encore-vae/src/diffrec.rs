@@ -68,10 +68,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, adam_step, check_out, checked_history, new_adam, normals, read_meta, write_meta, xavier,
-    Adam, Init, LossParts, SparseBatch,
+    self, adam_step, check_out, new_adam, normals, read_meta, xavier, Adam, Init, LossParts,
+    SparseBatch,
 };
-use crate::multivae::{check_dropout, check_lr, model_config_toml};
+use crate::multivae::{check_dropout, check_lr};
 
 /// How the noise schedule is built from `noise_scale`, `noise_min`, `noise_max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -460,11 +460,7 @@ impl DiffRec {
             .model;
         let mut model = DiffRec::new(config, n_items)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
-        let path = dir.join("model.safetensors");
-        let tensors = encore_io::read_f32_tensors(&path)?.map;
-        let mut values = vec![0f32; model.params.n_values()];
-        common::fill_from(&model.params, &mut values, &tensors, "", &path)?;
-        model.params.values_mut().copy_from_slice(&values);
+        common::load_weights(dir, &mut model.params)?;
         Ok(model)
     }
 
@@ -760,17 +756,7 @@ impl Recommender for DiffRec {
     }
 
     fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
-        let h = checked_history(history, self.n_items)?;
-        if out.len() != self.n_items {
-            return Err(ModelError::Input(format!(
-                "score buffer has {} entries, the catalogue {}",
-                out.len(),
-                self.n_items
-            )));
-        }
-        let m = InteractionMatrix::from_rows(self.n_items, &[h]);
-        self.score_users(&[0], &m, out);
-        Ok(())
+        common::score_history(self, history, out)
     }
 
     fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
@@ -785,13 +771,7 @@ impl Recommender for DiffRec {
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let cfg = model_config_toml(&self.config)?;
-        write_meta(dir, self.name(), self.n_items, &cfg)?;
-        encore_io::write_f32_tensors(
-            &dir.join("model.safetensors"),
-            &self.params.named("", self.params.values()),
-            None,
-        )?;
+        common::save_model(dir, &self.config, self.n_items, &self.params)?;
         Ok(())
     }
 }

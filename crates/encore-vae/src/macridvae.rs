@@ -97,8 +97,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, adam_step, bias, check_out, checked_history, kl_weight, new_adam, normals, read_meta,
-    write_meta, xavier, Adam, Init, SparseBatch,
+    self, adam_step, bias, check_out, kl_weight, new_adam, normals, read_meta, xavier, Adam, Init,
+    SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{
@@ -106,7 +106,7 @@ use crate::common::{
 };
 use crate::conditioning::{self, Conditioning, ConditioningKind};
 use crate::latent_diffusion::{self, DiffusionKind, LatentDiffusion, MeanTypeKey};
-use crate::multivae::{check_dropout, check_lr, model_config_toml, StepLoss};
+use crate::multivae::{check_dropout, check_lr, StepLoss};
 use encore_nn::{Activation, Dense, Mlp, ParamId, ParamStore};
 
 /// MacridVAE's configuration (see the module documentation for the two presets).
@@ -595,11 +595,7 @@ impl MacridVae {
         };
         let mut model = MacridVae::with_conditioning(config, n_items, cond)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
-        let path = dir.join("model.safetensors");
-        let tensors = encore_io::read_f32_tensors(&path)?.map;
-        let mut values = vec![0f32; model.params.n_values()];
-        common::fill_from(&model.params, &mut values, &tensors, "", &path)?;
-        model.params.values_mut().copy_from_slice(&values);
+        common::load_weights(dir, &mut model.params)?;
         Ok(model)
     }
 
@@ -1046,27 +1042,11 @@ impl Recommender for MacridVae {
     }
 
     fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
-        let h = checked_history(history, self.n_items)?;
-        if out.len() != self.n_items {
-            return Err(ModelError::Input(format!(
-                "score buffer has {} entries, the catalogue {}",
-                out.len(),
-                self.n_items
-            )));
-        }
-        let m = InteractionMatrix::from_rows(self.n_items, &[h]);
-        self.score_users(&[0], &m, out);
-        Ok(())
+        common::score_history(self, history, out)
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let cfg = model_config_toml(&self.config)?;
-        write_meta(dir, self.name(), self.n_items, &cfg)?;
-        encore_io::write_f32_tensors(
-            &dir.join("model.safetensors"),
-            &self.params.named("", self.params.values()),
-            None,
-        )?;
+        common::save_model(dir, &self.config, self.n_items, &self.params)?;
         match &self.cond {
             Some(c) => c.save(dir),
             None => Ok(()),

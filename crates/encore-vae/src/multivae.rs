@@ -62,8 +62,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    self, adam_step, bias, check_out, checked_history, kl_weight, new_adam, normals, read_meta,
-    write_meta, xavier, Adam, Init, LossParts, SparseBatch,
+    self, adam_step, bias, check_out, kl_weight, new_adam, normals, read_meta, xavier, Adam, Init,
+    LossParts, SparseBatch,
 };
 #[cfg(test)]
 use crate::common::{cpu, float_tensor, int_tensor, linear, param_tensor, sparse_linear, to_vec};
@@ -726,11 +726,7 @@ impl MultiVae {
         };
         let mut model = MultiVae::with_conditioning(config, n_items, cond)
             .map_err(|e| ModelError::format(dir.join("config.toml"), e.to_string()))?;
-        let path = dir.join("model.safetensors");
-        let tensors = encore_io::read_f32_tensors(&path)?.map;
-        let mut values = vec![0f32; model.params.n_values()];
-        common::fill_from(&model.params, &mut values, &tensors, "", &path)?;
-        model.params.values_mut().copy_from_slice(&values);
+        common::load_weights(dir, &mut model.params)?;
         Ok(model)
     }
 
@@ -958,27 +954,11 @@ impl Recommender for MultiVae {
     }
 
     fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError> {
-        let h = checked_history(history, self.n_items)?;
-        if out.len() != self.n_items {
-            return Err(ModelError::Input(format!(
-                "score buffer has {} entries, the catalogue {}",
-                out.len(),
-                self.n_items
-            )));
-        }
-        let m = InteractionMatrix::from_rows(self.n_items, &[h]);
-        self.score_users(&[0], &m, out);
-        Ok(())
+        common::score_history(self, history, out)
     }
 
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
-        let cfg = model_config_toml(&self.config)?;
-        write_meta(dir, self.name(), self.n_items, &cfg)?;
-        encore_io::write_f32_tensors(
-            &dir.join("model.safetensors"),
-            &self.params.named("", self.params.values()),
-            None,
-        )?;
+        common::save_model(dir, &self.config, self.n_items, &self.params)?;
         match &self.cond {
             Some(c) => c.save(dir),
             None => Ok(()),
@@ -995,18 +975,6 @@ impl Recommender for MultiVae {
             },
         })
     }
-}
-
-/// The model's configuration alone as a TOML document (`model = ...` and its keys).
-pub(crate) fn model_config_toml<T: ModelConfig>(config: &T) -> Result<String, ModelError> {
-    let mut table = toml::Table::new();
-    table.insert("model".into(), toml::Value::String(T::MODEL.into()));
-    table.extend(
-        toml::Table::try_from(config)
-            .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))?,
-    );
-    toml::to_string_pretty(&table)
-        .map_err(|e| ModelError::config("model", format!("cannot serialise: {e}")))
 }
 
 impl Trainable for MultiVae {
