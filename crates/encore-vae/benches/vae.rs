@@ -4,7 +4,11 @@
 //! throughput of the matrix product the decoder is bound by; and the conditioned variants
 //! (MultiVAE-C, MacridVAE-C, 128 conditioning dimensions, random features on 90% of the items)
 //! next to them, to see what the conditioning costs; and both with latent diffusion
-//! (Diff-MultiVAE, Diff-MacridVAE): an epoch, and scoring through the reverse chain.
+//! (Diff-MultiVAE, Diff-MacridVAE): an epoch, and scoring through the reverse chain. Then
+//! DiffRec (the official ML-1M setting): an epoch (3 steps of 400 users), a full scoring pass
+//! (40 reverse steps for every user), and the matrix products an epoch is made of, alone, to
+//! see how close the epoch is to its `gemm` bound (`cargo bench -p encore-vae --bench vae --
+//! diffrec`).
 //!
 //! ```text
 //! RAYON_NUM_THREADS=1 cargo bench -p encore-vae --bench vae
@@ -13,8 +17,11 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use encore_core::{EpochContext, Recommender, Trainable};
 use encore_data::InteractionMatrix;
+use encore_nn::{matmul, Mat};
 use encore_vae::latent_diffusion::DiffusionKind;
-use encore_vae::{Conditioning, MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig};
+use encore_vae::{
+    Conditioning, DiffRec, DiffRecConfig, MacridVae, MacridVaeConfig, MultiVae, MultiVaeConfig,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -138,6 +145,51 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("macridvae-c score all users", |b| {
         b.iter(|| m.score_users(&users, &train, &mut out))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("diffrec-ml100k-shaped");
+    g.sample_size(10);
+    let mut m = DiffRec::new(DiffRecConfig::ml1m(), n).unwrap();
+    g.bench_function("epoch", |b| b.iter(|| epoch(&mut m, &train, &mut rng)));
+    g.bench_function("score all users", |b| {
+        b.iter(|| m.score_users(&users, &train, &mut out))
+    });
+    // The epoch's products for one batch of 400 (an epoch: 2 of 400 and one of 143).
+    let (bsz, h) = (400usize, 600usize);
+    let a = vec![0.5f32; bsz * n];
+    let w = vec![0.25f32; n * h];
+    let hh = vec![0.5f32; bsz * h];
+    let mut y = vec![0f32; bsz * h];
+    let mut dw = vec![0f32; n * h];
+    let mut wide = vec![0f32; bsz * n];
+    g.bench_function("gemm [400,1682]x[1682,600]", |b| {
+        b.iter(|| matmul(&mut y, Mat::new(&a, bsz, n), Mat::new(&w, n, h), false))
+    });
+    g.bench_function("gemm [400,1682]^T x[400,600]", |b| {
+        b.iter(|| {
+            matmul(
+                &mut dw,
+                Mat::new(&a, bsz, n).t(),
+                Mat::new(&hh, bsz, h),
+                false,
+            )
+        })
+    });
+    g.bench_function("gemm [400,600]x[600,1682]", |b| {
+        b.iter(|| matmul(&mut wide, Mat::new(&hh, bsz, h), Mat::new(&w, h, n), false))
+    });
+    g.bench_function("gemm [400,600]^T x[400,1682]", |b| {
+        b.iter(|| {
+            matmul(
+                &mut dw,
+                Mat::new(&hh, bsz, h).t(),
+                Mat::new(&a, bsz, n),
+                false,
+            )
+        })
+    });
+    g.bench_function("gemm [400,1682]x[600,1682]^T", |b| {
+        b.iter(|| matmul(&mut y, Mat::new(&a, bsz, n), Mat::new(&w, h, n).t(), false))
     });
     g.finish();
 }
