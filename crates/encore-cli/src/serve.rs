@@ -17,7 +17,7 @@ use crate::{models, progress};
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore serve --run runs/demo/multivae\n  encore serve --run mvae=runs/demo/multivae --run ease=runs/demo/ease --addr 127.0.0.1:8080\n  ENCORE_TOKEN=s3cret encore serve --run runs/demo/multivae\n  curl -s localhost:8080/v1/recommend -d '{\"history\": [\"TRACK_ID\", \"TRACK_ID\"], \"k\": 5}'\n\nThe page is at http://ADDR/; the API under /v1: POST /v1/recommend\n({\"model\"?, \"user_id\"? | \"history\"?: [ids], \"k\"?, \"exclude\"?: [ids]}),\nGET /v1/items?q=&limit=, GET /v1/items/ID/similar?k=, GET /v1/models; GET /health and\nGET /metrics (Prometheus). Set RUST_LOG=warn to silence the access log."
+    after_help = "Examples:\n  encore serve --run runs/demo/runs/multivae\n  encore serve --run mvae=runs/demo/runs/multivae --run ease=runs/demo/runs/ease --addr 127.0.0.1:8080\n  ENCORE_TOKEN=s3cret encore serve --run runs/demo/runs/multivae\n  curl -s localhost:8080/v1/recommend -d '{\"history\": [\"TRACK_ID\", \"TRACK_ID\"], \"k\": 5}'\n\nThe page is at http://ADDR/; the API under /v1: POST /v1/recommend\n({\"model\"?, \"user_id\"? | \"history\"?: [ids], \"k\"?, \"exclude\"?: [ids]}),\nGET /v1/items?q=&limit=, GET /v1/items/ID/similar?k=, GET /v1/models; GET /health and\nGET /metrics (Prometheus). Set RUST_LOG=warn to silence the access log."
 )]
 pub struct ServeArgs {
     /// A run directory to serve, as DIR (named after its folder) or NAME=DIR; repeat for
@@ -171,7 +171,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore bench serve --run runs/onion-multivae --clients 2 --requests 5000 --history-len 50\n  encore bench serve --run runs/ml-100k-multivae --clients 8 --requests 20000 --out serve-ml100k.json\n\nThe service runs as a child `encore serve` on 127.0.0.1 (a free port), so the resident memory\nreported is its own; nothing is sent anywhere else. The load stops after --requests requests\nor --max-seconds, whichever comes first; the service is then stopped with SIGTERM.\nRAYON_NUM_THREADS sets the service's scoring threads."
+    after_help = "Examples:\n  encore bench serve --run runs/onion-multivae --clients 2 --requests 5000 --history-len 50\n  encore bench serve --run runs/ml-100k-multivae --clients 8 --requests 20000 --out serve-ml100k.json\n\nThe service runs as a child `encore serve` on 127.0.0.1 (a free port), so the resident memory\nreported is its own; nothing is sent anywhere else. The load stops after --requests requests\nor --max-seconds, whichever comes first; the service is then stopped with SIGTERM.\n--threads (global) sets the service's scoring threads."
 )]
 pub struct BenchServeArgs {
     /// A run directory to serve (DIR or NAME=DIR; repeatable, the first is asked).
@@ -313,7 +313,10 @@ impl ServiceProcess {
         let mut cmd = std::process::Command::new(
             std::env::current_exe().context("locating the encore binary")?,
         );
-        cmd.arg("serve").args(["--addr", "127.0.0.1:0"]);
+        // The service scores with this process's thread count (`--threads`, or all cores).
+        cmd.args(["--threads", &rayon::current_num_threads().to_string()])
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0"]);
         for run in &args.runs {
             cmd.args(["--run", run]);
         }
