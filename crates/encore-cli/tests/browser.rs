@@ -21,18 +21,8 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-fn ok(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_encore"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "encore {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+mod common;
+use common::ok;
 
 /// A program on the PATH (or in /usr/bin, /usr/lib/chromium).
 fn find_program(names: &[&str]) -> Option<PathBuf> {
@@ -100,28 +90,8 @@ fn runs(tmp: &Path) -> Vec<(String, PathBuf)> {
             })
             .collect();
     }
-    let (world, data) = (tmp.join("world"), tmp.join("data"));
+    let data = common::tiny_data(tmp, 3);
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    ok(&[
-        "data",
-        "synth",
-        "--preset",
-        "tiny",
-        "--seed",
-        "3",
-        "--out",
-        &s(&world),
-    ]);
-    ok(&[
-        "data",
-        "import",
-        "--format",
-        "onion",
-        "--input",
-        &s(&world),
-        "--out",
-        &s(&data),
-    ]);
     [("multivae", "train.epochs=4"), ("ease", "preset=original")]
         .iter()
         .map(|(model, set)| {

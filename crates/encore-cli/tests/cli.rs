@@ -1,35 +1,10 @@
 //! End-to-end tests of the `encore` command: every step a user takes, through the binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn encore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_encore"))
-        .args(args)
-        .output()
-        .expect("the encore binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = encore(args);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "encore {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = encore(args);
-    assert!(!out.status.success(), "encore {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{fails, ok, s};
 
 /// The folder with the real datasets beside the repository, if present.
 fn shared_data() -> Option<PathBuf> {
@@ -368,29 +343,7 @@ fn real_datasets_import_and_split() {
 
 /// A prepared tiny synthetic world, shared by the training tests of one test function.
 fn tiny_data(tmp: &Path) -> PathBuf {
-    let world = tmp.join("world");
-    let data = tmp.join("data");
-    ok(&[
-        "data",
-        "synth",
-        "--preset",
-        "tiny",
-        "--seed",
-        "9",
-        "--out",
-        s(&world),
-    ]);
-    ok(&[
-        "data",
-        "import",
-        "--format",
-        "onion",
-        "--input",
-        s(&world),
-        "--out",
-        s(&data),
-    ]);
-    data
+    common::tiny_data(tmp, 9)
 }
 
 fn read_metrics(run: &Path) -> serde_json::Value {

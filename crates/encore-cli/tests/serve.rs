@@ -6,61 +6,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn encore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_encore"))
-        .args(args)
-        .output()
-        .expect("the encore binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = encore(args);
-    assert!(
-        out.status.success(),
-        "encore {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = encore(args);
-    assert!(!out.status.success(), "encore {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{encore, fails, ok, s};
 
 /// The tiny synthetic world, prepared, and runs of `models` trained on one split.
 fn tiny_runs(tmp: &Path, models: &[(&str, &[&str])]) -> Vec<PathBuf> {
-    let world = tmp.join("world");
-    let data = tmp.join("data");
-    ok(&[
-        "data",
-        "synth",
-        "--preset",
-        "tiny",
-        "--seed",
-        "3",
-        "--out",
-        s(&world),
-    ]);
-    ok(&[
-        "data",
-        "import",
-        "--format",
-        "onion",
-        "--input",
-        s(&world),
-        "--out",
-        s(&data),
-    ]);
+    let data = common::tiny_data(tmp, 3);
     models
         .iter()
         .map(|(model, sets)| {
