@@ -202,6 +202,7 @@ fn new_run(args: &TrainArgs, entry: &ModelEntry, progress: &dyn Fn(RunStage)) ->
         conditioning: built.map(|b| b.cond),
         resume: false,
         ks: &args.k,
+        user_ids: Some(&dataset.users),
     };
     Ok(run::fit_and_evaluate(fit, progress)?)
 }
@@ -233,6 +234,7 @@ fn resume_run(
         conditioning: None,
         resume: true,
         ks: &args.k,
+        user_ids: Some(&loaded.dataset.users),
     };
     Ok(run::fit_and_evaluate(fit, progress)?)
 }

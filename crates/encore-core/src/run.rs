@@ -13,6 +13,10 @@
 //!   checkpoint/    the latest training state (resume), for trained models
 //!   log.jsonl      one line per epoch, and the validation plots, for trained models
 //!   metrics.json   {"valid": {"ndcg@10": ..}, "test": {..}, ...}
+//!   per_user_test.tsv  each evaluated test user's metrics and input size (paired tests,
+//!                  the cold-start table)
+//!   foldin_test.tsv    `users` split only: the held-out test listeners folded in from only
+//!                  their first 1, 3 and 5 items
 //! ```
 //!
 //! # Lifecycle
@@ -33,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use encore_data::split::SplitInfo;
-use encore_data::{Dataset, Split};
+use encore_data::{Dataset, IdMap, InteractionMatrix, Split, SplitKind};
 use encore_eval::{evaluate, EvalOptions, MetricReport};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +57,12 @@ pub const CONDITIONING_DIR: &str = "conditioning";
 pub const MODEL_DIR: &str = "model";
 /// The final metrics.
 pub const METRICS_FILE: &str = "metrics.json";
+/// Each evaluated test user's metrics ([`write_per_user`]).
+pub const PER_USER_FILE: &str = "per_user_test.tsv";
+/// The `users` split's held-out test listeners folded in from a few items ([`foldin_reports`]).
+pub const FOLDIN_FILE: &str = "foldin_test.tsv";
+/// How many of their fold-in items the held-out listeners are given in [`foldin_reports`].
+pub const FOLDIN_GIVEN: [usize; 3] = [1, 3, 5];
 
 /// `run.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +195,8 @@ pub struct RunFit<'a> {
     pub resume: bool,
     /// The cut-offs of the final metrics.
     pub ks: &'a [usize],
+    /// The dataset's user ids, for `per_user_test.tsv` (`None` writes dense user indices).
+    pub user_ids: Option<&'a IdMap>,
 }
 
 /// What a finished run reports.
@@ -235,6 +247,16 @@ pub fn fit_and_evaluate(
         metrics.best_epoch = o.best_epoch;
         metrics.epochs = Some(o.epochs_run);
     }
+    write_per_user(
+        &run.dir.join(PER_USER_FILE),
+        &[(None, &split.input, &test)],
+        run.user_ids,
+    )?;
+    if split.kind == SplitKind::Users {
+        let given = foldin_reports(fitted.model.as_ref(), split, run.ks);
+        let rows: Vec<_> = given.iter().map(|(n, r, m)| (Some(*n), m, r)).collect();
+        write_per_user(&run.dir.join(FOLDIN_FILE), &rows, run.user_ids)?;
+    }
     encore_io::write_json(&run.dir.join(METRICS_FILE), &metrics)?;
     Ok(RunResult {
         dir: run.dir.to_path_buf(),
@@ -260,8 +282,127 @@ pub fn evaluate_split(
         input: &split.input,
     };
     let valid = evaluate(&scorer, &[&split.input], &split.valid, &opts);
-    let test = evaluate(&scorer, &[&split.input, &split.valid], &split.test, &opts);
+    let per_user = EvalOptions {
+        keep_per_user: true,
+        ..opts
+    };
+    let test = evaluate(
+        &scorer,
+        &[&split.input, &split.valid],
+        &split.test,
+        &per_user,
+    );
     (valid, test)
+}
+
+/// The `users` split's held-out test listeners as new listeners: each is folded in from only
+/// the first `n` of their fold-in items (for `n` in [`FOLDIN_GIVEN`]; all of them when they
+/// have fewer), in an order drawn from the split's seed (a stream of its own, not the
+/// split's), and ranked against their test items. Everything in their fold-in is still
+/// excluded from the ranking (as in the full evaluation: they did hear those items), so the
+/// only change from the full test is how much of their history the model sees. Returns
+/// `(n, test report with per-user values, the input matrix used)`.
+pub fn foldin_reports(
+    model: &dyn Recommender,
+    split: &Split,
+    ks: &[usize],
+) -> Vec<(usize, MetricReport, InteractionMatrix)> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    const STREAM: u64 = 0xF01D_1A5E;
+    let opts = EvalOptions {
+        ks: ks.to_vec(),
+        keep_per_user: true,
+        ..EvalOptions::default()
+    };
+    let n_users = split.input.n_users();
+    let orders: Vec<Vec<u32>> = (0..n_users)
+        .map(|u| {
+            let mut row = split.input.row(u).to_vec();
+            if split.test.row_len(u) > 0 && split.train.row_len(u) == 0 {
+                let seed = encore_data::split::mix_seed(split.seed ^ STREAM, u as u64);
+                row.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            }
+            row
+        })
+        .collect();
+    FOLDIN_GIVEN
+        .iter()
+        .map(|&n| {
+            let rows: Vec<&[u32]> = (0..n_users)
+                .map(|u| {
+                    let row = orders[u].as_slice();
+                    if split.test.row_len(u) > 0 && split.train.row_len(u) == 0 {
+                        &row[..row.len().min(n)]
+                    } else {
+                        row
+                    }
+                })
+                .collect();
+            let input = InteractionMatrix::from_rows(split.input.n_items(), &rows);
+            let scorer = ModelScorer {
+                model,
+                input: &input,
+            };
+            let report = evaluate(&scorer, &[&split.input, &split.valid], &split.test, &opts);
+            (n, report, input)
+        })
+        .collect()
+}
+
+/// Write per-user values as TSV: `given` (only when some entry has one: the fold-in size of
+/// [`foldin_reports`]), `user_id`, `n_input` (the user's row length in the input matrix the
+/// report was scored from: the cold-start table's input size) and one column per metric
+/// (`hit@10`, ..., sorted by name). Each entry is `(given, input, report)`; reports without
+/// per-user values add no rows.
+pub fn write_per_user(
+    path: &Path,
+    reports: &[(Option<usize>, &InteractionMatrix, &MetricReport)],
+    user_ids: Option<&IdMap>,
+) -> Result<(), ModelError> {
+    use std::fmt::Write;
+    let with_given = reports.iter().any(|(g, _, _)| g.is_some());
+    let names: Vec<&String> = reports
+        .iter()
+        .find_map(|(_, _, r)| r.per_user.as_ref())
+        .map(|p| p.values.keys().collect())
+        .unwrap_or_default();
+    let mut out = String::new();
+    if with_given {
+        out.push_str("given\t");
+    }
+    out.push_str("user_id\tn_input");
+    for name in &names {
+        let _ = write!(out, "\t{name}");
+    }
+    out.push('\n');
+    for (given, input, report) in reports {
+        let Some(per_user) = &report.per_user else {
+            continue;
+        };
+        let columns: Vec<&[f64]> = names
+            .iter()
+            .map(|n| per_user.get(n).unwrap_or(&[]))
+            .collect();
+        for (j, &u) in per_user.users.iter().enumerate() {
+            if with_given {
+                let _ = write!(out, "{}\t", given.unwrap_or(0));
+            }
+            match user_ids {
+                Some(ids) => out.push_str(ids.id(u)),
+                None => {
+                    let _ = write!(out, "{u}");
+                }
+            }
+            let _ = write!(out, "\t{}", input.row_len(u as usize));
+            for c in &columns {
+                let _ = write!(out, "\t{}", c.get(j).copied().unwrap_or(f64::NAN));
+            }
+            out.push('\n');
+        }
+    }
+    encore_io::write_bytes(path, out.as_bytes())?;
+    Ok(())
 }
 
 /// A run directory read back.
@@ -591,6 +732,7 @@ mod tests {
                 conditioning: None,
                 resume: false,
                 ks: &[5, 10],
+                user_ids: None,
             },
             &|s| stages.lock().unwrap().push(s),
         )
@@ -643,6 +785,79 @@ mod tests {
         assert!(e.contains("not a run directory"), "{e}");
     }
 
+    /// `per_user_test.tsv` holds one row per evaluated test user whose values average to
+    /// `metrics.json`'s; a `users` split also writes the held-out listeners folded in from
+    /// 1, 3 and 5 items, each given at most that many items and the same users as the test.
+    #[test]
+    fn a_run_writes_per_user_metrics_and_the_foldin_table() {
+        let entry = ModelEntry::closed_form::<TinyPop>("popularity, for tests");
+        let ds = dataset();
+        let split = Split::make(&ds, SplitKind::Users, 5).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let config = (entry.resolve)(None, &[], Some(5)).unwrap();
+        create(&NewRun {
+            dir: &dir,
+            model: entry.name,
+            config: config.as_ref(),
+            dataset: &ds,
+            data: None,
+            split: &split,
+            seed: 5,
+            features: None,
+        })
+        .unwrap();
+        let result = fit_and_evaluate(
+            RunFit {
+                dir: &dir,
+                split: &split,
+                config: config.as_ref(),
+                conditioning: None,
+                resume: false,
+                ks: &[5, 10],
+                user_ids: Some(&ds.users),
+            },
+            &|_| {},
+        )
+        .unwrap();
+        let read = |name: &str| -> (Vec<String>, Vec<Vec<String>>) {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            let mut lines = text
+                .lines()
+                .map(|l| l.split('\t').map(String::from).collect());
+            (lines.next().unwrap(), lines.collect())
+        };
+        let (header, rows) = read(PER_USER_FILE);
+        assert_eq!(header[..2], ["user_id", "n_input"]);
+        assert_eq!(rows.len(), result.test.n_evaluated);
+        assert!(rows.len() >= 3, "{} test users", rows.len());
+        let col = header.iter().position(|h| h == "ndcg@10").unwrap();
+        let mean = rows
+            .iter()
+            .map(|r| r[col].parse::<f64>().unwrap())
+            .sum::<f64>()
+            / rows.len() as f64;
+        assert!((mean - result.test.metrics["ndcg@10"]).abs() < 1e-12);
+        let mut test_users = Vec::new();
+        for r in &rows {
+            let u = ds.users.get(&r[0]).unwrap() as usize;
+            assert_eq!(r[1].parse::<usize>().unwrap(), split.input.row_len(u));
+            test_users.push(r[0].clone());
+        }
+
+        let (header, rows) = read(FOLDIN_FILE);
+        assert_eq!(header[..3], ["given", "user_id", "n_input"]);
+        assert_eq!(rows.len(), FOLDIN_GIVEN.len() * test_users.len());
+        for (block, &n) in rows.chunks(test_users.len()).zip(&FOLDIN_GIVEN) {
+            for (r, user) in block.iter().zip(&test_users) {
+                assert_eq!((r[0].parse::<usize>().unwrap(), &r[1]), (n, user));
+                let u = ds.users.get(user).unwrap() as usize;
+                let given = r[2].parse::<usize>().unwrap();
+                assert_eq!(given, n.min(split.input.row_len(u)));
+            }
+        }
+    }
+
     /// A trained model's run killed mid-training and resumed from its directory ends with
     /// the metrics of a run that was never interrupted.
     #[test]
@@ -675,6 +890,7 @@ mod tests {
                     conditioning: None,
                     resume: false,
                     ks: &[10],
+                    user_ids: None,
                 },
                 &|_| {},
             )
@@ -700,6 +916,7 @@ mod tests {
                 conditioning: None,
                 resume: true,
                 ks: &[10],
+                user_ids: None,
             },
             &|_| {},
         )

@@ -115,6 +115,7 @@ fn fixture() -> &'static Fixture {
                     conditioning: None,
                     resume: false,
                     ks: &[5, 10],
+                    user_ids: Some(&ds.users),
                 },
                 &|_| {},
             )
