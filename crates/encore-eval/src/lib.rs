@@ -24,7 +24,10 @@ pub use evaluator::{
 };
 pub use metrics::{hit_at, mrr_at, ndcg_at, precision_at, recall_at, recall_liang_at};
 pub use ranked::{read_ranked_lists, RankedListStats, RankedLists};
-pub use stats::{paired_t_test, paired_t_test_reports};
+pub use stats::{
+    compare_paired, paired_t_test, paired_t_test_reports, wilcoxon_signed_rank, PairedComparison,
+    Wilcoxon,
+};
 pub use table::{format_markdown_table, format_table};
 pub use topk::TopK;
 
