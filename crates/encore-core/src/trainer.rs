@@ -572,6 +572,106 @@ fn draw_lines(
     encore_io::install_file(&tmp, path).map_err(|e| e.to_string())
 }
 
+/// A bar chart with error bars (an experiment table, the paper's Figure 6): one bar per
+/// `(label, mean, std)`, its whisker `mean ± std`, the mean written above it; written through
+/// `encore_io` (a temporary file, synced and renamed). Bars with a non-finite mean are drawn
+/// empty and labelled "n/a".
+pub fn plot_bars(
+    path: &Path,
+    caption: &str,
+    y_label: &str,
+    bars: &[(String, f64, f64)],
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    register_font()?;
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let top = bars
+        .iter()
+        .map(|b| finite(b.1) + finite(b.2))
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.15;
+    let n = bars.len().max(1);
+    let width = (160 + 110 * n).clamp(640, 1600) as u32;
+    let tmp = with_suffix(path, ".tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (width, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(64)
+            .y_label_area_size(72)
+            .build_cartesian_2d(0f64..n as f64, 0f64..top)
+            .map_err(|e| e.to_string())?;
+        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                let centre = (x - x.floor() - 0.5).abs() < 1e-6;
+                match labels.get(i) {
+                    Some(l) if centre => l.clone(),
+                    _ => String::new(),
+                }
+            })
+            .y_desc(y_label)
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 17))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (_, mean, std)) in bars.iter().enumerate() {
+            let (r, g, b) = Palette99::pick(i).rgb();
+            let color = RGBColor(r, g, b);
+            let x0 = i as f64 + 0.15;
+            let x1 = i as f64 + 0.85;
+            let xc = i as f64 + 0.5;
+            let m = finite(*mean);
+            let style = if mean.is_finite() {
+                color.mix(0.75).filled()
+            } else {
+                color.stroke_width(1)
+            };
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(x0, 0.0), (x1, m)], style)))
+                .map_err(|e| e.to_string())?;
+            if mean.is_finite() && std.is_finite() && *std > 0.0 {
+                let whisker = [
+                    vec![(xc, m - std), (xc, m + std)],
+                    vec![(xc - 0.12, m - std), (xc + 0.12, m - std)],
+                    vec![(xc - 0.12, m + std), (xc + 0.12, m + std)],
+                ];
+                chart
+                    .draw_series(
+                        whisker
+                            .into_iter()
+                            .map(|p| PathElement::new(p, BLACK.stroke_width(2))),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            let text = if mean.is_finite() {
+                format!("{m:.4}")
+            } else {
+                "n/a".into()
+            };
+            let y = m + if std.is_finite() { *std } else { 0.0 } + top * 0.06;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (x0, y),
+                    ("sans-serif", 14).into_font(),
+                )))
+                .map_err(|e| e.to_string())?;
+        }
+        root.present().map_err(|e| e.to_string())?;
+    }
+    encore_io::install_file(&tmp, path).map_err(|e| e.to_string())
+}
+
 /// Learning curves of several runs on one chart each (the paper's Figures 7-8): the
 /// validation `metric` against epoch (`{stem}-epochs.png`) and against wall-clock minutes
 /// (`{stem}-minutes.png`) in `out_dir`, one line per run. Runs without a validated epoch are
