@@ -694,15 +694,20 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
                         keys.push(key);
                     }
                     if keys.is_empty() {
+                        let kind = needs.unwrap_or_default();
+                        let lacks = match kind {
+                            ConditioningKind::Audio => "audio features",
+                            ConditioningKind::Lyrics => "lyrics (text) features",
+                            _ if ds.audio.is_none() && ds.lyrics.is_none() => {
+                                "audio or lyrics features"
+                            }
+                            _ if ds.audio.is_none() => "audio features",
+                            _ => "lyrics (text) features",
+                        };
                         section.notes.push(format!(
-                            "{}: {dname} has no {} features for `{}` conditioning, not run",
+                            "{}: {dname} has no {lacks}, which `{}` conditioning needs: not run",
                             r.label,
-                            match needs {
-                                Some(ConditioningKind::Audio) => "audio",
-                                Some(ConditioningKind::Lyrics) => "lyrics",
-                                _ => "audio and lyrics",
-                            },
-                            needs.map(|k| k.name()).unwrap_or("none"),
+                            kind.name(),
                         ));
                     } else {
                         section.rows.push((r.label.clone(), keys));
@@ -1029,7 +1034,24 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("experiment-{stem}")));
-    let pending: Vec<&PlannedRun> = plan.runs.iter().filter(|r| !finished(&out, r)).collect();
+    // Runs go in the order of the tables and their rows (the first tables fill first).
+    let mut order: Vec<&str> = Vec::new();
+    for s in &plan.sections {
+        for (_, keys) in &s.rows {
+            for k in keys {
+                if !order.contains(&k.as_str()) {
+                    order.push(k);
+                }
+            }
+        }
+    }
+    let by_key: BTreeMap<&str, &PlannedRun> =
+        plan.runs.iter().map(|r| (r.key.as_str(), r)).collect();
+    let pending: Vec<&PlannedRun> = order
+        .iter()
+        .map(|k| by_key[k])
+        .filter(|r| !finished(&out, r))
+        .collect();
     println!(
         "{}: {} tables on {} datasets, {} seeds: {} runs ({} finished), {} tunings",
         args.file.display(),

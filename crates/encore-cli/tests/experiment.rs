@@ -126,7 +126,7 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         "(baseline)",
         "vs Pop: ΔNDCG@10 [95% CI]",
         "valid NDCG@10 @ epoch 3",
-        "MultiVAE-C (audio): tiny has no audio features",
+        "MultiVAE-C (audio): tiny has no audio features, which `audio` conditioning needs",
         "### Cold start: Baselines and a VAE",
         "### Cold start: New listeners",
         "new listener, 1 item",
