@@ -11,6 +11,7 @@ mod recommend;
 mod report;
 mod serve;
 mod train;
+mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -52,6 +53,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve trained runs over HTTP: a JSON API under /v1, health, metrics and a web page.
     Serve(serve::ServeArgs),
+    /// Tune a model's hyper-parameters on the validation split (TPE); each trial is a run.
+    Tune(tune::TuneArgs),
 }
 
 fn main() {
@@ -93,6 +96,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Tune(args) => tune::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", error_chain(&e));
