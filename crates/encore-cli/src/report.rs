@@ -11,12 +11,16 @@ use encore_eval::MetricReport;
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore report runs/demo/runs/*\n  encore report runs/lastfm-* --k 10 --markdown\n  encore report runs/a runs/b --csv results.csv\n  encore report runs/mv-* runs/macrid-* --curves plots/\n  encore report runs/rq3/* --group --markdown          # mean ± std over seeds\n  encore report runs/init/* --group --valid-at 1,5     # valid NDCG@10 after epochs 1 and 5"
+    after_help = "Examples:\n  encore report runs/demo/runs/*\n  encore report runs/lastfm-* --k 10 --markdown\n  encore report runs/a runs/b --csv results.csv\n  encore report runs/mv-* runs/macrid-* --curves plots/\n  encore report runs/rq3/* --group --markdown          # mean ± std over seeds\n  encore report runs/init/* --group --valid-at 1,5     # valid NDCG@10 after epochs 1 and 5\n  encore report --experiment runs/paper                 # rebuild an experiment's report"
 )]
 pub struct ReportArgs {
     /// Run directories (each with run.json, config.toml and metrics.json).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "experiment")]
     pub runs: Vec<PathBuf>,
+    /// Rebuild an experiment's report (`encore experiment`'s folder, with plan.json) from
+    /// the runs that have finished: report/report.md, results.csv and the plots.
+    #[arg(long, value_name = "DIR", conflicts_with = "runs")]
+    pub experiment: Option<PathBuf>,
     /// The cut-off of the metric columns.
     #[arg(long, default_value_t = 10)]
     pub k: usize,
@@ -132,6 +136,20 @@ fn read_row(dir: &std::path::Path) -> Result<Row> {
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
+    if let Some(dir) = &args.experiment {
+        let plan_file = dir.join(crate::experiment::PLAN_FILE);
+        let plan: crate::experiment::Plan =
+            encore_io::read_json(&plan_file).with_context(|| {
+                format!(
+                    "{} is not an experiment folder (no readable plan.json)",
+                    dir.display()
+                )
+            })?;
+        let summary = crate::experiment_report::write(dir, &plan)?;
+        println!("{}", summary.text);
+        println!("report written to {}", dir.join("report").display());
+        return Ok(());
+    }
     if args.k == 0 {
         bail!("--k: expected a positive cut-off");
     }

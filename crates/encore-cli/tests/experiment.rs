@@ -181,6 +181,14 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
     let again = ok(&["experiment", s(&file), "--out", s(&out)]);
     assert!(again.contains("10 runs (10 finished)"), "{again}");
     assert_eq!(all_metrics(&out), before);
+
+    // `encore report --experiment` rebuilds the same report from the folder.
+    std::fs::remove_dir_all(out.join("report")).unwrap();
+    let printed = ok(&["report", "--experiment", s(&out)]);
+    assert!(printed.contains("| EASE | 2/2 |"), "{printed}");
+    assert_eq!(read(&out.join("report/report.md")), report);
+    let e = fails(&["report", "--experiment", s(&data)]);
+    assert!(e.contains("not an experiment folder"), "{e}");
 }
 
 #[test]
