@@ -730,7 +730,7 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
                 .find(|m| m != "pop")
                 .unwrap_or_else(|| "multivae".into());
             let e = models::find(&model).and_then(|entry| {
-                (entry.resolve)(None, &[set.clone()], None)
+                (entry.resolve)(None, std::slice::from_ref(set), None)
                     .map(|_| ())
                     .map_err(Into::into)
             });

@@ -4,6 +4,8 @@ mod bench;
 mod data;
 mod demo;
 mod evaluate;
+mod experiment;
+mod experiment_report;
 mod features;
 mod models;
 mod progress;
@@ -55,6 +57,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Tune a model's hyper-parameters on the validation split (TPE); each trial is a run.
     Tune(tune::TuneArgs),
+    /// The paper's tables in one command: datasets x models x presets x seeds from a TOML
+    /// file, resumable, with a report (tables, paired tests, plots, cold start).
+    Experiment(experiment::ExperimentArgs),
 }
 
 fn main() {
@@ -97,6 +102,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
+        Command::Experiment(args) => experiment::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", error_chain(&e));
