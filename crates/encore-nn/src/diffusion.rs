@@ -224,6 +224,46 @@ pub fn time_embedding(t: f64, dim: usize, out: &mut [f32]) {
     }
 }
 
+/// [`time_embedding`] of every step of `steps`, one row of `dim` values each, into `out`
+/// (`steps.len() x dim`). The rows come from a table of `time_embedding(t)` for `t` up to the
+/// largest step seen, built once per `dim` and shared by the process, so the values are
+/// exactly [`time_embedding`]'s: a training step otherwise spends more time on the f64
+/// `exp`/`sin`/`cos` of thousands of rows than on the denoiser's first layer.
+pub fn time_embeddings(steps: &[usize], dim: usize, out: &mut [f32]) {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    assert_eq!(out.len(), steps.len() * dim, "embedding batch size");
+    if dim == 0 || steps.is_empty() {
+        return;
+    }
+    static TABLES: OnceLock<Mutex<HashMap<usize, Arc<Vec<f32>>>>> = OnceLock::new();
+    let needed = steps.iter().max().copied().unwrap_or(0) + 1;
+    let table = {
+        let mut tables = TABLES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match tables.get(&dim) {
+            Some(t) if t.len() >= needed * dim => Arc::clone(t),
+            _ => {
+                // Grown to the next power of two (at least 64 steps) so that a few large
+                // steps do not rebuild it each time.
+                let rows = needed.next_power_of_two().max(64);
+                let mut t = vec![0f32; rows * dim];
+                for (step, row) in t.chunks_exact_mut(dim).enumerate() {
+                    time_embedding(step as f64, dim, row);
+                }
+                let t = Arc::new(t);
+                tables.insert(dim, Arc::clone(&t));
+                t
+            }
+        }
+    };
+    for (row, &t) in out.chunks_exact_mut(dim).zip(steps) {
+        row.copy_from_slice(&table[t * dim..][..dim]);
+    }
+}
+
 /// The denoiser `f_θ(z_t, t, c_u)` of latent diffusion (MODELS.md): the sinusoidal embedding of
 /// `t` through a linear layer, then an MLP on `[z_t ; temb(t) ; c_u]` (tanh between layers, a
 /// linear output of the latent's width). `c_u`, when the model is conditioned, is a side input
@@ -357,9 +397,7 @@ impl Denoiser {
         let (rows, d, e) = (steps.len(), self.latent, self.temb);
         assert_eq!(zt.len(), rows * d, "latent batch size");
         let mut sinusoids = vec![0f32; rows * e];
-        for (row, &t) in sinusoids.chunks_exact_mut(e.max(1)).zip(steps) {
-            time_embedding(t as f64, e, row);
-        }
+        time_embeddings(steps, e, &mut sinusoids);
         let mut tfeat = self.time.forward(store, &sinusoids, None, rows);
         if let Some(be) = &self.blocks {
             let per = Self::block_rows(be, rows);
@@ -716,6 +754,20 @@ mod tests {
         assert_eq!(e.key, "steps");
         assert!(e.to_string().contains("underflows"), "{e}");
         assert!(Schedule::linear(1, 1.0, 0.5, 0.5).is_ok());
+    }
+
+    #[test]
+    fn tabulated_time_embeddings_equal_the_direct_ones() {
+        for dim in [1, 7, 64] {
+            let steps = [0usize, 3, 999, 40, 3, 1500, 0];
+            let mut batch = vec![0f32; steps.len() * dim];
+            time_embeddings(&steps, dim, &mut batch);
+            for (row, &t) in batch.chunks_exact(dim).zip(&steps) {
+                let mut direct = vec![0f32; dim];
+                time_embedding(t as f64, dim, &mut direct);
+                assert_eq!(row, &direct[..], "dim {dim}, t {t}");
+            }
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ use encore_core::{
     EpochContext, ItemRepresentation, ItemVectors, ModelError, Recommender, Trainable,
 };
 use encore_data::InteractionMatrix;
-use encore_nn::diffusion::{time_embedding, Schedule};
+use encore_nn::diffusion::{time_embeddings, Schedule};
 use encore_nn::kernels::{col_sums, tanh_backward, tanh_inplace};
 use encore_nn::{matmul, Activation, Csr, Dense, Grads, Mat, Mlp, ParamStore, Side};
 use rand::{Rng, RngCore, SeedableRng};
@@ -468,9 +468,7 @@ impl DiffRec {
     fn sinusoids(&self, steps: &[usize]) -> Vec<f32> {
         let e = self.config.emb_size;
         let mut s = vec![0f32; steps.len() * e];
-        for (row, &t) in s.chunks_exact_mut(e).zip(steps) {
-            time_embedding(t as f64, e, row);
-        }
+        time_embeddings(steps, e, &mut s);
         s
     }
 
