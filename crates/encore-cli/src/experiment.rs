@@ -790,13 +790,14 @@ fn child(args: &[String], log: &Path) -> Result<()> {
     }
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
-    let status = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
-        .status()
-        .context("starting encore")?;
+        .stderr(err);
+    die_with_parent(&mut command);
+    let status = command.status().context("starting encore")?;
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
@@ -805,6 +806,32 @@ fn child(args: &[String], log: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Make the child die with the experiment (Linux: `PR_SET_PDEATHSIG`): a killed experiment
+/// must not leave a run going on in the background, which its next invocation would race
+/// (the run would be continued twice at once).
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and calls only
+    // async-signal-safe functions (prctl, getppid, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
 
 fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
@@ -954,8 +981,11 @@ fn run_args(plan: &Plan, out: &Path, r: &PlannedRun, threads: usize) -> Vec<Stri
     args.extend(common_args(
         plan, out, &r.dataset, sets, &r.audio, &r.lyrics,
     ));
-    if dir.join(run::RUN_FILE).exists() {
+    if dir.join(run::RUN_FILE).exists() && dir.join(run::CONFIG_FILE).exists() {
         args.push("--resume".into());
+    } else if dir.exists() {
+        // Killed while the run directory was being created: nothing in it to continue.
+        let _ = std::fs::remove_dir_all(&dir);
     }
     args
 }
@@ -980,6 +1010,16 @@ fn tune_args(plan: &Plan, out: &Path, t: &PlannedTune, threads: usize) -> Vec<St
         plan, out, &t.dataset, &t.sets, &t.audio, &t.lyrics,
     ));
     args
+}
+
+/// The trials' seconds in a tuning's `trials.jsonl` (0 when unreadable).
+fn tune_seconds(path: &Path) -> f64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["seconds"].as_f64())
+        .sum()
 }
 
 /// Whether a run has finished.
@@ -1088,6 +1128,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
     encore_io::write_json(&out.join(PLAN_FILE), &plan)?;
     let mut failures = Vec::new();
     let mut bookkeeping = plan_started.elapsed().as_secs_f64();
+    let mut ran_tunes: Vec<&PlannedTune> = Vec::new();
     if !args.report_only {
         prepare_datasets(&plan, &args.file, &out)?;
         let total = rayon::current_num_threads().max(1);
@@ -1105,6 +1146,7 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                         .any(|r| r.tune.as_ref() == Some(&t.dir) && !finished(&out, r))
             })
             .collect();
+        ran_tunes = tunes.clone();
         let bar = progress::bar((tunes.len() + pending.len()) as u64, "experiment");
         failures.extend(run_pool(
             &tunes,
@@ -1148,10 +1190,27 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         plan.runs.len(),
         out.join("report").display()
     );
+    // What this invocation ran, against what it spent around the runs.
+    let wall = plan_started.elapsed().as_secs_f64();
+    let mut ran = 0.0;
+    let mut n_ran = 0;
+    if !args.report_only {
+        for r in pending.iter().filter(|r| finished(&out, r)) {
+            let m: run::RunMetrics =
+                encore_io::read_json(&out.join(&r.dir).join(run::METRICS_FILE))?;
+            ran += m.train_seconds + m.eval_seconds;
+            n_ran += 1;
+        }
+        for t in &ran_tunes {
+            ran += tune_seconds(&out.join(&t.dir).join("trials.jsonl"));
+        }
+    }
     println!(
-        "bookkeeping (plan, report, plots): {bookkeeping:.2} s against the runs' {:.1} s of training and evaluation ({:.2}%)",
-        summary.run_seconds,
-        100.0 * bookkeeping / summary.run_seconds.max(1e-9)
+        "this invocation: {wall:.1} s wall; {n_ran} runs and {} tunings made: {ran:.1} s of training and evaluation; \
+         bookkeeping (plan, report, plots) {bookkeeping:.2} s ({:.2}% of that); the rest, {:.1} s, is each child's start-up, data loading and split writing",
+        ran_tunes.len(),
+        100.0 * bookkeeping / ran.max(1e-9),
+        (wall - ran - bookkeeping).max(0.0)
     );
     if !failures.is_empty() {
         for (what, e) in &failures {

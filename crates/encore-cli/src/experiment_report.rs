@@ -25,8 +25,6 @@ use crate::experiment::{finished, Plan, PlannedRun, Section};
 pub struct Summary {
     /// The report's tables, for the terminal.
     pub text: String,
-    /// The finished runs' training and evaluation seconds, summed.
-    pub run_seconds: f64,
 }
 
 /// The cold-start table's input-size buckets (inclusive bounds).
@@ -259,12 +257,7 @@ pub fn write(out: &Path, plan: &Plan) -> Result<Summary> {
     }
     encore_io::write_bytes(&dir.join("report.md"), md.as_bytes())?;
     write_csv(&dir.join("results.csv"), &loaded, plan)?;
-    let run_seconds = loaded
-        .metrics
-        .values()
-        .map(|m| m.train_seconds + m.eval_seconds)
-        .sum();
-    Ok(Summary { text, run_seconds })
+    Ok(Summary { text })
 }
 
 /// The validation metric the logs carry for the curves: the experiment's metric.

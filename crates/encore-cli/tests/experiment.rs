@@ -117,7 +117,10 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         "{stdout}"
     );
     assert!(stdout.contains("10 of 10 runs finished"), "{stdout}");
-    assert!(stdout.contains("bookkeeping"), "{stdout}");
+    assert!(
+        stdout.contains("bookkeeping (plan, report, plots)"),
+        "{stdout}"
+    );
     let report = read(&out.join("report/report.md"));
     for needle in [
         "## Baselines and a VAE — tiny (ratio split)",
