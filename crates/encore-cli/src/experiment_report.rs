@@ -120,6 +120,9 @@ fn metric_title(m: &str) -> String {
 fn p_text(p: f64) -> String {
     if p.is_nan() {
         "—".into()
+    } else if p < 1e-300 {
+        // Below what f64 resolves near zero (the t-test's tail underflows).
+        "< 1e-300".into()
     } else if p < 1e-4 {
         format!("{p:.1e}")
     } else {
