@@ -784,7 +784,14 @@ fn dataset_specs(file: &Path) -> Result<BTreeMap<String, DatasetSpec>> {
 
 /// Run `encore ARGS` as a child with its output in `log`; an error names the log.
 fn child(args: &[String], log: &Path) -> Result<()> {
-    let exe = std::env::current_exe().context("locating the encore binary")?;
+    // On Linux the children run this very binary through /proc/self/exe, even when the file
+    // on disk has been replaced by a new build since the experiment started.
+    let proc_exe = Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe().context("locating the encore binary")?
+    };
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -888,6 +895,8 @@ fn prepare_datasets(plan: &Plan, file: &Path, out: &Path) -> Result<()> {
                 continue;
             }
             eprintln!("embedding the tags of {name} ({kind}) ...");
+            std::fs::create_dir_all(out.join("features"))
+                .with_context(|| format!("creating {}", out.join("features").display()))?;
             let texts = out
                 .join("features")
                 .join(format!("{name}-{kind}-texts.tsv"));
