@@ -798,6 +798,12 @@ fn child(args: &[String], log: &Path) -> Result<()> {
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut command = Command::new(exe);
+    #[cfg(unix)]
+    {
+        // `ps` shows `encore train ...`, not `/proc/self/exe train ...`.
+        use std::os::unix::process::CommandExt;
+        command.arg0("encore");
+    }
     command
         .args(args)
         .stdin(Stdio::null())
