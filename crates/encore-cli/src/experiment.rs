@@ -1060,11 +1060,22 @@ fn run_pool<J: Sync>(
                 };
                 let job = &jobs[i];
                 bar.set_message(name(job));
-                if let Err(e) = work(job) {
+                let started = Instant::now();
+                let result = work(job);
+                bar.inc(1);
+                if let Err(e) = &result {
                     bar.println(format!("failed: {}: {e:#}", name(job)));
                     failures.lock().unwrap().push((name(job), format!("{e:#}")));
+                } else if bar.is_hidden() {
+                    // No bar (output to a file or pipe): one line per job instead.
+                    println!(
+                        "[{}/{}] {} done in {:.1} s",
+                        bar.position(),
+                        bar.length().unwrap_or(0),
+                        name(job),
+                        started.elapsed().as_secs_f64()
+                    );
                 }
-                bar.inc(1);
             });
         }
     });

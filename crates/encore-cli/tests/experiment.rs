@@ -117,6 +117,9 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         "{stdout}"
     );
     assert!(stdout.contains("10 of 10 runs finished"), "{stdout}");
+    // Without a terminal, one line per finished run instead of the bar.
+    assert_eq!(stdout.matches(" done in ").count(), 10, "{stdout}");
+    assert!(stdout.contains("[10/10] "), "{stdout}");
     assert!(
         stdout.contains("bookkeeping (plan, report, plots)"),
         "{stdout}"
