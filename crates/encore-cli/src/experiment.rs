@@ -183,6 +183,9 @@ struct RowSpec {
     tuned: bool,
     /// Trials of this row's tuning (default: the file's `tune_trials`).
     trials: Option<usize>,
+    /// The row this one is tested against, instead of the table's baseline (RQ3: each
+    /// diffusion variant against its own VAE).
+    baseline: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -250,6 +253,9 @@ pub struct Section {
     /// `(label, run keys, one per seed)`; rows the dataset cannot run are absent and listed
     /// in `notes`.
     pub rows: Vec<(String, Vec<String>)>,
+    /// Rows tested against another row than the table's baseline: label -> that row's label.
+    #[serde(default)]
+    pub row_baselines: BTreeMap<String, String>,
     pub notes: Vec<String>,
 }
 
@@ -482,6 +488,17 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
                 );
             }
         }
+        for r in &t.rows {
+            if let Some(b) = &r.get_ref().baseline {
+                if !labels.contains(b) || b == &r.get_ref().label {
+                    return src.err(
+                        r.span(),
+                        &format!("{tkey}.rows[{}].baseline", r.get_ref().label),
+                        format!("`{b}` is not another row label of the table ({labels:?})"),
+                    );
+                }
+            }
+        }
         if let Some(b) = &t.baseline {
             if !labels.contains(b.get_ref()) {
                 return src.err(
@@ -576,6 +593,14 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
                     cold_start: t.cold_start,
                     valid_at: t.valid_at.clone(),
                     rows: Vec::new(),
+                    row_baselines: t
+                        .rows
+                        .iter()
+                        .filter_map(|r| {
+                            let r = r.get_ref();
+                            Some((r.label.clone(), r.baseline.clone()?))
+                        })
+                        .collect(),
                     notes: Vec::new(),
                 };
                 for row in &t.rows {

@@ -312,12 +312,25 @@ fn section_table(loaded: &Loaded<'_>, plan: &Plan, s: &Section) -> Result<String
     for e in &s.valid_at {
         header.push(format!("valid {} @ epoch {e}", metric_title(&plan.metric)));
     }
-    let baseline = s
-        .baseline
-        .as_ref()
-        .and_then(|b| s.rows.iter().find(|(l, _)| l == b));
-    if let Some((b, _)) = baseline {
-        header.push(format!("vs {b}: Δ{} [95% CI]", metric_title(&plan.metric)));
+    let find = |label: &str| s.rows.iter().find(|(l, _)| l == label);
+    let baseline = s.baseline.as_deref().and_then(find);
+    // A row's own baseline (`baseline = "..."` in the row), else the table's.
+    let baseline_of = |label: &str| {
+        s.row_baselines
+            .get(label)
+            .and_then(|b| find(b))
+            .or(baseline)
+    };
+    let tested = baseline.is_some() || !s.row_baselines.is_empty();
+    if tested {
+        let against = match baseline {
+            Some((b, _)) if s.row_baselines.is_empty() => format!("vs {b}"),
+            _ => "vs its baseline".to_string(),
+        };
+        header.push(format!(
+            "{against}: Δ{} [95% CI]",
+            metric_title(&plan.metric)
+        ));
         header.push("p (t)".into());
         header.push("p (Wilcoxon)".into());
         header.push("sig.".into());
@@ -386,21 +399,30 @@ fn section_table(loaded: &Loaded<'_>, plan: &Plan, s: &Section) -> Result<String
                 format!("{m:.4} ± {sd:.4}")
             });
         }
-        if let Some((b, bkeys)) = baseline {
-            if label == b {
-                out.extend([
-                    "(baseline)".into(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]);
+        if tested {
+            let own = s.row_baselines.contains_key(label);
+            let Some((b, bkeys)) = baseline_of(label).filter(|(b, _)| b != label) else {
+                let text = if baseline.is_some_and(|(b, _)| b == label) {
+                    "(baseline)"
+                } else {
+                    ""
+                };
+                out.extend([text.into(), String::new(), String::new(), String::new()]);
+                lines.push(format!("| {} |", out.join(" | ")));
+                continue;
+            };
+            let prefix = if own || !s.row_baselines.is_empty() {
+                format!("vs {b}: ")
             } else {
+                String::new()
+            };
+            {
                 let (xa, xb) = paired(loaded, plan, keys, bkeys)?;
                 match encore_eval::stats::compare_paired(&xa, &xb) {
                     Ok(c) if xa.len() >= 2 => {
                         let sig = c.t_p_value < 0.05 && c.wilcoxon.p_value < 0.05;
                         out.push(format!(
-                            "{:+.1}% [{:+.1}, {:+.1}] (n = {})",
+                            "{prefix}{:+.1}% [{:+.1}, {:+.1}] (n = {})",
                             100.0 * c.rel_diff,
                             100.0 * c.rel_ci.0,
                             100.0 * c.rel_ci.1,

@@ -42,7 +42,7 @@ valid_at = [3]
 rows = [
   {{ label = "Pop", model = "pop" }},
   {{ label = "EASE", model = "ease" }},
-  {{ label = "MultiVAE", model = "multivae", set = {{ latent_dim = 16, hidden_dims = [32] }} }},
+  {{ label = "MultiVAE", model = "multivae", set = {{ latent_dim = 16, hidden_dims = [32] }}, baseline = "EASE" }},
   {{ label = "MultiVAE-C (audio)", model = "multivae", set = {{ conditioning = "audio" }} }},
 {extra_rows}]
 
@@ -130,7 +130,7 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         "| MultiVAE | 2/2 |",
         "| Pop | 2/2 |",
         "(baseline)",
-        "vs Pop: ΔNDCG@10 [95% CI]",
+        "vs its baseline: ΔNDCG@10 [95% CI]",
         "valid NDCG@10 @ epoch 3",
         "MultiVAE-C (audio): tiny has no audio features, which `audio` conditioning needs",
         "### Cold start: Baselines and a VAE",
@@ -143,9 +143,18 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
             "report.md lacks {needle:?}:\n{report}"
         );
     }
-    // EASE against Pop: a p-value in both test columns (n = 2 seeds x the test users).
+    // EASE against the table's baseline, MultiVAE against its own: a p-value in both test
+    // columns (n = 2 seeds x the test users).
     let ease = report.lines().find(|l| l.starts_with("| EASE |")).unwrap();
-    assert!(ease.contains("(n = "), "{ease}");
+    assert!(
+        ease.contains("vs Pop: ") && ease.contains("(n = "),
+        "{ease}"
+    );
+    let mv = report
+        .lines()
+        .find(|l| l.starts_with("| MultiVAE |"))
+        .unwrap();
+    assert!(mv.contains("vs EASE: "), "{mv}");
     assert!(
         ease.matches(" | 0.").count() + ease.matches("e-").count() >= 2,
         "{ease}"
@@ -316,6 +325,11 @@ fn a_bad_experiment_file_is_refused_naming_the_line_and_key_before_any_run() {
             good.replace("seeds = [1, 2]", "seed = [1, 2]"),
             "line 1",
             "unknown field `seed`",
+        ),
+        (
+            good.replace("baseline = \"EASE\"", "baseline = \"EAS\""),
+            "line 29",
+            "`EAS` is not another row label",
         ),
         (
             good.replace("split = \"users\"", "split = \"user\""),
