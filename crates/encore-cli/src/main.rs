@@ -64,6 +64,16 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Commands that print end quietly when their reader goes away (`encore ... | head`), as
+    // other command-line tools do, instead of panicking on the broken pipe. Not the service
+    // and its load generator: they write to sockets, where a closed peer must be an error.
+    #[cfg(target_os = "linux")]
+    if !matches!(cli.command, Command::Serve(_) | Command::Bench(_)) {
+        // SAFETY: setting a signal's disposition to its default, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Training reuses large per-step buffers instead of page-faulting them afresh
     // (`encore_core::alloc`). Only the commands that train get this policy: it keeps the heap
     // at its peak, which an import or a long-running process must not do.

@@ -361,3 +361,21 @@ fn a_bad_experiment_file_is_refused_naming_the_line_and_key_before_any_run() {
         assert!(!out.exists(), "{what}: nothing may be written");
     }
 }
+
+/// `encore ... | head` ends quietly when the reader goes away, without a panic.
+#[test]
+fn a_closed_pipe_ends_the_listing_without_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = write_file(tmp.path(), &data, &tmp.path().join("l.tsv"), "");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_encore"))
+        .args(["experiment", s(&file), "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
