@@ -1067,37 +1067,82 @@ pub fn finished(out: &Path, r: &PlannedRun) -> bool {
     out.join(&r.dir).join(run::METRICS_FILE).exists()
 }
 
-/// Run `jobs` on `parallel` workers; each job's error is collected, the rest go on.
-fn run_pool<J: Sync>(
-    jobs: &[J],
+/// One job of the experiment's pool.
+enum Job<'a> {
+    Tune(&'a PlannedTune),
+    Run(&'a PlannedRun),
+}
+
+impl Job<'_> {
+    fn name(&self) -> String {
+        match self {
+            Job::Tune(t) => format!("tune {} on {}", t.label, t.dataset),
+            Job::Run(r) => format!("{} on {} seed {}", r.label, r.dataset, r.seed),
+        }
+    }
+}
+
+/// Run `jobs` on `parallel` workers, in order, except that a run of a tuned row waits for its
+/// tuning (the other workers go on with what is ready meanwhile); each job's error is
+/// collected and the rest go on.
+fn run_pool(
+    jobs: Vec<Job<'_>>,
     parallel: usize,
     bar: &indicatif::ProgressBar,
-    name: impl Fn(&J) -> String + Sync,
-    work: impl Fn(&J) -> Result<()> + Sync,
+    work: impl Fn(&Job<'_>) -> Result<()> + Sync,
 ) -> Vec<(String, String)> {
-    let queue = Mutex::new((0..jobs.len()).collect::<VecDeque<_>>());
+    let n_workers = parallel.max(1).min(jobs.len().max(1));
+    let queue = Mutex::new(jobs.into_iter().collect::<VecDeque<_>>());
+    // Tunings not finished yet (their runs wait).
+    let pending_tunes = Mutex::new(
+        queue
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|j| match j {
+                Job::Tune(t) => Some(t.dir.clone()),
+                Job::Run(_) => None,
+            })
+            .collect::<std::collections::BTreeSet<PathBuf>>(),
+    );
     let failures = Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..parallel.max(1).min(jobs.len().max(1)) {
+        for _ in 0..n_workers {
             s.spawn(|| loop {
-                let Some(i) = queue.lock().unwrap().pop_front() else {
-                    break;
+                let job = {
+                    let mut q = queue.lock().unwrap();
+                    if q.is_empty() {
+                        break;
+                    }
+                    let waiting = pending_tunes.lock().unwrap();
+                    let ready = q.iter().position(|j| match j {
+                        Job::Tune(_) => true,
+                        Job::Run(r) => r.tune.as_ref().is_none_or(|t| !waiting.contains(t)),
+                    });
+                    ready.and_then(|i| q.remove(i))
                 };
-                let job = &jobs[i];
-                bar.set_message(name(job));
+                let Some(job) = job else {
+                    // Everything left waits for a tuning another worker is doing.
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    continue;
+                };
+                let name = job.name();
+                bar.set_message(name.clone());
                 let started = Instant::now();
-                let result = work(job);
+                let result = work(&job);
+                if let Job::Tune(t) = &job {
+                    pending_tunes.lock().unwrap().remove(&t.dir);
+                }
                 bar.inc(1);
                 if let Err(e) = &result {
-                    bar.println(format!("failed: {}: {e:#}", name(job)));
-                    failures.lock().unwrap().push((name(job), format!("{e:#}")));
+                    bar.println(format!("failed: {name}: {e:#}"));
+                    failures.lock().unwrap().push((name, format!("{e:#}")));
                 } else if bar.is_hidden() {
                     // No bar (output to a file or pipe): one line per job instead.
                     println!(
-                        "[{}/{}] {} done in {:.1} s",
+                        "[{}/{}] {name} done in {:.1} s",
                         bar.position(),
                         bar.length().unwrap_or(0),
-                        name(job),
                         started.elapsed().as_secs_f64()
                     );
                 }
@@ -1199,25 +1244,18 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             .collect();
         ran_tunes = tunes.clone();
         let bar = progress::bar((tunes.len() + pending.len()) as u64, "experiment");
-        failures.extend(run_pool(
-            &tunes,
-            parallel,
-            &bar,
-            |t| format!("tune {} on {}", t.label, t.dataset),
-            |t| {
-                child(
-                    &tune_args(&plan, &out, t, threads),
-                    &out.join("logs")
-                        .join(format!("tune-{}.log", slug(&t.dir.to_string_lossy()))),
-                )
-            },
-        ));
-        failures.extend(run_pool(
-            &pending,
-            parallel,
-            &bar,
-            |r| format!("{} on {} seed {}", r.label, r.dataset, r.seed),
-            |r| {
+        let jobs: Vec<Job<'_>> = tunes
+            .iter()
+            .map(|t| Job::Tune(t))
+            .chain(pending.iter().map(|r| Job::Run(r)))
+            .collect();
+        failures.extend(run_pool(jobs, parallel, &bar, |job| match job {
+            Job::Tune(t) => child(
+                &tune_args(&plan, &out, t, threads),
+                &out.join("logs")
+                    .join(format!("tune-{}.log", slug(&t.dir.to_string_lossy()))),
+            ),
+            Job::Run(r) => {
                 if let Some(t) = &r.tune {
                     if !out.join(t).join("best.toml").exists() {
                         bail!("its tuning ({}) has no best.toml", t.display());
@@ -1227,8 +1265,8 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
                     &run_args(&plan, &out, r, threads),
                     &out.join("logs").join(format!("{}.log", r.key)),
                 )
-            },
-        ));
+            }
+        }));
         bar.finish_and_clear();
     }
     let report_started = Instant::now();

@@ -44,6 +44,7 @@ rows = [
   {{ label = "EASE", model = "ease" }},
   {{ label = "MultiVAE", model = "multivae", set = {{ latent_dim = 16, hidden_dims = [32] }}, baseline = "EASE" }},
   {{ label = "MultiVAE-C (audio)", model = "multivae", set = {{ conditioning = "audio" }} }},
+  {{ label = "EASE (tuned)", model = "ease", tuned = true }},
 {extra_rows}]
 
 [[tables]]
@@ -97,8 +98,9 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
     let out = tmp.path().join("out");
 
     let plan = ok(&["experiment", s(&file), "--out", s(&out), "--dry-run"]);
-    // 3 runnable rows x 2 seeds on `tiny`, 2 x 2 on `tiny-users`; the audio row is noted.
-    assert!(plan.contains("10 runs (0 finished)"), "{plan}");
+    // 4 runnable rows x 2 seeds on `tiny` (one tuned), 2 x 2 on `tiny-users`; the audio row
+    // is noted.
+    assert!(plan.contains("12 runs (0 finished), 1 tunings"), "{plan}");
     assert!(plan.contains("no audio features"), "{plan}");
     assert!(!out.exists(), "a dry run writes nothing");
 
@@ -116,10 +118,21 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         stdout.contains("2 run(s) at once, 1 thread(s) each"),
         "{stdout}"
     );
-    assert!(stdout.contains("10 of 10 runs finished"), "{stdout}");
-    // Without a terminal, one line per finished run instead of the bar.
-    assert_eq!(stdout.matches(" done in ").count(), 10, "{stdout}");
-    assert!(stdout.contains("[10/10] "), "{stdout}");
+    assert!(stdout.contains("12 of 12 runs finished"), "{stdout}");
+    // Without a terminal, one line per finished job (runs and the tuning) instead of the bar.
+    assert_eq!(stdout.matches(" done in ").count(), 13, "{stdout}");
+    assert!(stdout.contains("[13/13] "), "{stdout}");
+    assert!(
+        stdout.contains("tune EASE (tuned) on tiny done in"),
+        "{stdout}"
+    );
+    let tuned = std::fs::read_dir(out.join("tune"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(tuned.join("best.toml").exists() && tuned.join("trials.png").exists());
     assert!(
         stdout.contains("bookkeeping (plan, report, plots)"),
         "{stdout}"
@@ -168,9 +181,9 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         assert_eq!(&bytes[1..4], b"PNG", "{png}");
     }
     let csv = read(&out.join("report/results.csv"));
-    assert_eq!(csv.lines().count(), 11, "{csv}");
+    assert_eq!(csv.lines().count(), 13, "{csv}");
     assert!(csv.lines().next().unwrap().contains("test_ndcg@10"));
-    assert_eq!(csv.matches(",finished,").count(), 10);
+    assert_eq!(csv.matches(",finished,").count(), 12);
 
     // The CSV's NDCG@10 of each run is its metrics.json value; the table's mean is theirs.
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -194,7 +207,7 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
     // A second invocation reuses every run.
     let before = all_metrics(&out);
     let again = ok(&["experiment", s(&file), "--out", s(&out)]);
-    assert!(again.contains("10 runs (10 finished)"), "{again}");
+    assert!(again.contains("12 runs (12 finished)"), "{again}");
     assert_eq!(all_metrics(&out), before);
 
     // `encore report --experiment` rebuilds the same report from the folder.
@@ -237,7 +250,7 @@ fn a_failed_run_is_reported_and_the_others_finish_and_a_killed_experiment_contin
     child.wait().unwrap();
     let partial = all_metrics_if_any(&out);
     assert!(
-        (1..10).contains(&partial),
+        (1..12).contains(&partial),
         "{partial} runs had finished at the kill"
     );
 
@@ -253,7 +266,7 @@ fn a_failed_run_is_reported_and_the_others_finish_and_a_killed_experiment_contin
         stderr.contains("2 of the experiment's jobs failed"),
         "{stderr}"
     );
-    assert!(stdout.contains("10 of 12 runs finished"), "{stdout}");
+    assert!(stdout.contains("12 of 14 runs finished"), "{stdout}");
     let report = read(&out.join("report/report.md"));
     assert!(
         report.contains("| MultiVAE-C (lyrics) | 0/2 | —"),
@@ -310,7 +323,7 @@ fn a_bad_experiment_file_is_refused_naming_the_line_and_key_before_any_run() {
         ),
         (
             good.replace("datasets = [\"tiny-users\"]", "datasets = [\"tiny-user\"]"),
-            "line 36",
+            "line 37",
             "no dataset `tiny-user`",
         ),
         (
