@@ -224,7 +224,15 @@ pub fn write(out: &Path, plan: &Plan) -> Result<Summary> {
         let png = format!("{stem}.png");
         trainer::plot_bars(
             &dir.join(&png),
-            &heading,
+            &format!(
+                "{}: {}{}",
+                s.table,
+                s.dataset,
+                s.preset
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            ),
             &format!("test {} (mean ± std over seeds)", s.metrics[0]),
             &bars,
         )

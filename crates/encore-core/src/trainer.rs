@@ -592,7 +592,7 @@ pub fn plot_bars(
         .max(1e-3)
         * 1.15;
     let n = bars.len().max(1);
-    let width = (160 + 110 * n).clamp(640, 1600) as u32;
+    let width = (160 + 110 * n).clamp(720, 1600) as u32;
     let tmp = with_suffix(path, ".tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (width, 560)).into_drawing_area();
