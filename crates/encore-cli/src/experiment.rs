@@ -1294,12 +1294,20 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             ran += tune_seconds(&out.join(&t.dir).join("trials.jsonl"));
         }
     }
+    let rest = if plan.parallel > 1 {
+        // Several runs at once: their own times overlap in the wall time.
+        format!("{} runs at a time", plan.parallel)
+    } else {
+        format!(
+            "the rest, {:.1} s, is each child's start-up, data loading and split writing",
+            (wall - ran - bookkeeping).max(0.0)
+        )
+    };
     println!(
         "this invocation: {wall:.1} s wall; {n_ran} runs and {} tunings made: {ran:.1} s of training and evaluation; \
-         bookkeeping (plan, report, plots) {bookkeeping:.2} s ({:.2}% of that); the rest, {:.1} s, is each child's start-up, data loading and split writing",
+         bookkeeping (plan, report, plots) {bookkeeping:.2} s ({:.2}% of that); {rest}",
         ran_tunes.len(),
         100.0 * bookkeeping / ran.max(1e-9),
-        (wall - ran - bookkeeping).max(0.0)
     );
     if !failures.is_empty() {
         for (what, e) in &failures {
