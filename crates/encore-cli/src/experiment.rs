@@ -1303,12 +1303,16 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
             (wall - ran - bookkeeping).max(0.0)
         )
     };
-    println!(
+    if n_ran == 0 && ran == 0.0 {
+        println!("nothing left to run; plan and report written in {bookkeeping:.2} s");
+    } else {
+        println!(
         "this invocation: {wall:.1} s wall; {n_ran} runs and {} tunings made: {ran:.1} s of training and evaluation; \
          bookkeeping (plan, report, plots) {bookkeeping:.2} s ({:.2}% of that); {rest}",
         ran_tunes.len(),
         100.0 * bookkeeping / ran.max(1e-9),
     );
+    }
     if !failures.is_empty() {
         for (what, e) in &failures {
             eprintln!("failed: {what}: {e}");
