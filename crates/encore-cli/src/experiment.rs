@@ -107,6 +107,9 @@ struct DatasetSpec {
     import: Option<ImportSpec>,
     /// An already prepared dataset folder (instead of `import`).
     data: Option<PathBuf>,
+    /// The built-in synthetic world (`encore data synth`), imported 5-core; its audio and
+    /// lyrics tables are the dataset's features unless `audio`/`lyrics` say otherwise.
+    synth: Option<SynthSpec>,
     #[serde(default = "default_split")]
     split: Spanned<String>,
     lyrics: Option<FeatureSpec>,
@@ -132,6 +135,16 @@ struct ImportSpec {
     value_col: Option<String>,
     timestamp_col: Option<String>,
 }
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct SynthSpec {
+    preset: String,
+    seed: u64,
+}
+
+/// The synthetic world's presets (`encore data synth --preset`).
+const SYNTH_PRESETS: [&str; 3] = ["tiny", "small", "onion"];
 
 /// An item feature table: a file, or HetRec Last.fm tags embedded by a text encoder
 /// (`encore features tags-text` then `embed-text`).
@@ -413,15 +426,29 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
         let span = d.span();
         let d = d.get_ref();
         let key = format!("datasets.{name}");
-        let data = match (&d.import, &d.data) {
-            (Some(_), Some(_)) => return src.err(span, &key, "give `import` or `data`, not both"),
-            (None, None) => {
+        let sources = [d.import.is_some(), d.data.is_some(), d.synth.is_some()];
+        if sources.iter().filter(|&&x| x).count() != 1 {
+            return src.err(
+                span,
+                &key,
+                "expected exactly one of `import = { format, input }`, `data = \"prepared folder\"` \
+                 and `synth = { preset, seed }`",
+            );
+        }
+        if let Some(synth) = &d.synth {
+            if !SYNTH_PRESETS.contains(&synth.preset.as_str()) {
                 return src.err(
                     span,
-                    &key,
-                    "expected `import = {{ format, input }}` or `data = \"prepared folder\"`",
-                )
+                    &format!("{key}.synth.preset"),
+                    format!(
+                        "unknown preset `{}`, expected one of {SYNTH_PRESETS:?}",
+                        synth.preset
+                    ),
+                );
             }
+        }
+        let data = match (&d.import, &d.data) {
+            (None, None) | (Some(_), Some(_)) => PathBuf::from("data").join(name),
             (Some(imp), None) => {
                 if !abs(&imp.input).exists() && (only.is_empty() || only.contains(name)) {
                     return src.err(
@@ -439,12 +466,21 @@ pub fn plan(file: &Path, only: &[String]) -> Result<Plan> {
             .parse::<encore_data::SplitKind>()
             .or_else(|e| src.err(d.split.span(), &format!("{key}.split"), e))?;
         let feature = |f: &Option<FeatureSpec>, kind: &str| -> Option<PathBuf> {
-            f.as_ref().map(|f| match f {
-                FeatureSpec::File(p) => abs(p),
-                FeatureSpec::Tags { .. } => {
-                    PathBuf::from("features").join(format!("{name}-{kind}.tsv"))
+            match f {
+                Some(FeatureSpec::File(p)) => Some(abs(p)),
+                Some(FeatureSpec::Tags { .. }) => {
+                    Some(PathBuf::from("features").join(format!("{name}-{kind}.tsv")))
                 }
-            })
+                // The synthetic world's own tables (relative to the experiment folder).
+                None if d.synth.is_some() => {
+                    Some(PathBuf::from("world").join(name).join(if kind == "audio" {
+                        "id_ivec512.tsv"
+                    } else {
+                        "id_lyrics_bert.tsv"
+                    }))
+                }
+                None => None,
+            }
         };
         datasets.insert(
             name.clone(),
@@ -889,6 +925,48 @@ fn prepare_datasets(plan: &Plan, file: &Path, out: &Path) -> Result<()> {
     for (name, ds) in &plan.datasets {
         let spec = &specs[name];
         let data = out.join(&ds.data);
+        if let Some(synth) = &spec.synth {
+            if !data.join(encore_data::cache::FILE_NAME).exists() {
+                eprintln!("generating the synthetic world {name} ...");
+                let world = out.join("world").join(name);
+                if world.exists() {
+                    // A generation cut short: `data synth` wants a new folder.
+                    std::fs::remove_dir_all(&world)
+                        .with_context(|| format!("removing {}", world.display()))?;
+                }
+                let log = out.join("logs").join(format!("synth-{name}.log"));
+                child(
+                    &[
+                        "data".into(),
+                        "synth".into(),
+                        "--preset".into(),
+                        synth.preset.clone(),
+                        "--seed".into(),
+                        synth.seed.to_string(),
+                        "--out".into(),
+                        path_arg(&world),
+                    ],
+                    &log,
+                )?;
+                child(
+                    &[
+                        "data".into(),
+                        "import".into(),
+                        "--format".into(),
+                        "onion".into(),
+                        "--input".into(),
+                        path_arg(&world),
+                        "--min-user-interactions".into(),
+                        "5".into(),
+                        "--min-item-interactions".into(),
+                        "5".into(),
+                        "--out".into(),
+                        path_arg(&data),
+                    ],
+                    &log,
+                )?;
+            }
+        }
         if let Some(imp) = &spec.import {
             if !data.join(encore_data::cache::FILE_NAME).exists() {
                 eprintln!("importing {name} ...");

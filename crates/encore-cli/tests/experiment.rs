@@ -28,7 +28,7 @@ split = "ratio"
 lyrics = "{lyrics}"
 
 [datasets.tiny-users]
-data = "{data}"
+synth = {{ preset = "tiny", seed = 5 }}
 split = "users"
 
 [[tables]]
@@ -172,6 +172,9 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
         ease.matches(" | 0.").count() + ease.matches("e-").count() >= 2,
         "{ease}"
     );
+    // The synthetic world was generated and imported into the experiment's folder.
+    assert!(out.join("world/tiny-users/id_ivec512.tsv").exists());
+    assert!(out.join("data/tiny-users").is_dir());
     for png in [
         "main-tiny.png",
         "cold-tiny-users.png",
@@ -343,6 +346,11 @@ fn a_bad_experiment_file_is_refused_naming_the_line_and_key_before_any_run() {
             good.replace("baseline = \"EASE\"", "baseline = \"EAS\""),
             "line 29",
             "`EAS` is not another row label",
+        ),
+        (
+            good.replace("preset = \"tiny\"", "preset = \"tiny2\""),
+            "line 14",
+            "unknown preset `tiny2`",
         ),
         (
             good.replace("split = \"users\"", "split = \"user\""),
