@@ -20,7 +20,7 @@ pub enum Part {
 
 #[derive(Args, Clone, Debug)]
 #[command(
-    after_help = "Examples:\n  encore evaluate --run runs/pop-ml-100k-ratio-2020\n  encore evaluate --split runs/pop-ml-100k-ratio-2020/split --recommendations recbole_top50.tsv --k 10,20 --out metrics.json\n\nThe ranked-list file has the header `user_id<TAB>item_id<TAB>rank` (rank 1 best, original ids).\nEach user's excluded items (train; plus valid when evaluating test) are removed from their list\nbefore it is cut at k; a user with targets but no list scores zero."
+    after_help = "Examples:\n  encore evaluate --run runs/pop-ml-100k-ratio-2020\n  encore evaluate --split runs/pop-ml-100k-ratio-2020/split --recommendations recbole_top50.tsv --k 10,20 --out metrics.json\n  encore evaluate --split runs/pop-ml-100k-ratio-2020/split --recommendations recbole_top50.tsv --per-user recbole_per_user.tsv\n\nThe ranked-list file has the header `user_id<TAB>item_id<TAB>rank` (rank 1 best, original ids).\nEach user's excluded items (train; plus valid when evaluating test) are removed from their list\nbefore it is cut at k; a user with targets but no list scores zero."
 )]
 pub struct EvaluateArgs {
     /// A run directory: evaluate its best model on valid and test.
@@ -41,6 +41,11 @@ pub struct EvaluateArgs {
     /// Also write the metrics as JSON (keys like `ndcg@10`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write each evaluated user's metrics as TSV (`user_id`, `n_input`, one column per
+    /// metric; the test part for --run, the --on part for ranked lists): what paired tests
+    /// between two systems need.
+    #[arg(long, value_name = "FILE")]
+    pub per_user: Option<PathBuf>,
 }
 
 pub fn run(args: EvaluateArgs) -> Result<()> {
@@ -63,6 +68,14 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
                 &serde_json::json!({"valid": valid.metrics, "test": test.metrics}),
             )?;
         }
+        if let Some(path) = &args.per_user {
+            run::write_per_user(
+                path,
+                &[(None, &loaded.split.input, &test)],
+                Some(&loaded.dataset.users),
+            )?;
+            println!("per-user test metrics written to {}", path.display());
+        }
         return Ok(());
     }
     let (Some(split_dir), Some(recs)) = (&args.split, &args.recommendations) else {
@@ -73,6 +86,7 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     let s = &loaded.split;
     let opts = EvalOptions {
         ks: args.k.clone(),
+        keep_per_user: args.per_user.is_some(),
         ..EvalOptions::default()
     };
     let report = match args.on {
@@ -92,6 +106,10 @@ pub fn run(args: EvaluateArgs) -> Result<()> {
     if let Some(out) = &args.out {
         encore_io::write_json(out, &report.metrics)?;
         println!("metrics written to {}", out.display());
+    }
+    if let Some(path) = &args.per_user {
+        run::write_per_user(path, &[(None, &s.input, &report)], Some(&loaded.users))?;
+        println!("per-user metrics written to {}", path.display());
     }
     Ok(())
 }

@@ -163,6 +163,7 @@ fn the_batch_export_reproduces_the_runs_metrics_exactly() {
             // 150 items: a list is shorter than 100 only when fewer candidates are left.
             assert!(lines > 200 * 80, "{out}");
             let metrics = tmp.path().join("m.json");
+            let per_user = tmp.path().join("per_user.tsv");
             ok(&[
                 "evaluate",
                 "--split",
@@ -175,7 +176,25 @@ fn the_batch_export_reproduces_the_runs_metrics_exactly() {
                 "5,10,20",
                 "--out",
                 s(&metrics),
+                "--per-user",
+                s(&per_user),
             ]);
+            if part == "test" {
+                // Each user's values too: the run's per_user_test.tsv, line for line (its
+                // rows in the dataset's user order, these in the split's).
+                let sorted = |p: &std::path::Path| {
+                    let mut l: Vec<String> = std::fs::read_to_string(p)
+                        .unwrap()
+                        .lines()
+                        .map(String::from)
+                        .collect();
+                    l.sort();
+                    l
+                };
+                let (got, want) = (sorted(&per_user), sorted(&run.join("per_user_test.tsv")));
+                assert!(want.len() > 100, "{} users", want.len());
+                assert_eq!(got, want, "{}", run.display());
+            }
             let got: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&metrics).unwrap()).unwrap();
             let want = recorded[part].as_object().unwrap();
