@@ -1140,6 +1140,32 @@ fn tune_seconds(path: &Path) -> f64 {
         .sum()
 }
 
+/// Point each planned run whose folder does not exist at a folder of the same dataset that
+/// ends with the same hash (`<label>-s<seed>-<hash8>`), when there is one.
+fn adopt_existing_dirs(plan: &mut Plan, out: &Path) {
+    for r in &mut plan.runs {
+        if out.join(&r.dir).exists() {
+            continue;
+        }
+        let parent = r.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let suffix = format!("-s{}-{}", r.seed, &r.key[..8]);
+        let Ok(entries) = std::fs::read_dir(out.join(&parent)) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(&suffix))
+            .map(|n| parent.join(n))
+            .filter(|d| out.join(d).join(run::RUN_FILE).exists())
+            .collect();
+        found.sort();
+        if let Some(d) = found.into_iter().next() {
+            r.dir = d;
+        }
+    }
+}
+
 /// Whether a run has finished.
 pub fn finished(out: &Path, r: &PlannedRun) -> bool {
     out.join(&r.dir).join(run::METRICS_FILE).exists()
@@ -1248,6 +1274,9 @@ pub fn run(args: ExperimentArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("experiment-{stem}")));
+    // A run is found by its hash: the same run made under another row's label (the first
+    // table that names a run gives its folder its label) is reused where it is.
+    adopt_existing_dirs(&mut plan, &out);
     // Runs go in the order of the tables and their rows (the first tables fill first).
     let mut order: Vec<&str> = Vec::new();
     for s in &plan.sections {

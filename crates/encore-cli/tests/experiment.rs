@@ -211,6 +211,15 @@ fn an_experiment_runs_every_table_and_writes_the_report() {
     let before = all_metrics(&out);
     let again = ok(&["experiment", s(&file), "--out", s(&out)]);
     assert!(again.contains("12 runs (12 finished)"), "{again}");
+    // Runs are found by their hash, whatever label their folder was named after.
+    let relabelled = tmp.path().join("relabelled.toml");
+    std::fs::write(
+        &relabelled,
+        read(&file).replace("\"EASE\"", "\"EASE, plain\""),
+    )
+    .unwrap();
+    let dry = ok(&["experiment", s(&relabelled), "--out", s(&out), "--dry-run"]);
+    assert!(dry.contains("12 runs (12 finished)"), "{dry}");
     assert_eq!(all_metrics(&out), before);
 
     // `encore report --experiment` rebuilds the same report from the folder.
