@@ -247,9 +247,10 @@ pub fn write(out: &Path, plan: &Plan) -> Result<Summary> {
                     curves.push((label.clone(), log));
                 }
             }
-            let curve_metric = valid_metric(plan);
+            // The curves show the experiment's metric, as the runs logged it.
+            let curve_metric = &plan.metric;
             let files =
-                trainer::plot_curves(&dir, &format!("{stem}-curves"), &curves, &curve_metric)
+                trainer::plot_curves(&dir, &format!("{stem}-curves"), &curves, curve_metric)
                     .map_err(|e| anyhow::anyhow!("drawing the curves of {stem}: {e}"))?;
             if !files.is_empty() {
                 let _ = writeln!(md, "Learning curves (seed {first}): validation {curve_metric} by epoch and by wall-clock minutes.\n");
@@ -269,11 +270,6 @@ pub fn write(out: &Path, plan: &Plan) -> Result<Summary> {
     encore_io::write_bytes(&dir.join("report.md"), md.as_bytes())?;
     write_csv(&dir.join("results.csv"), &loaded, plan)?;
     Ok(Summary { text })
-}
-
-/// The validation metric the logs carry for the curves: the experiment's metric.
-fn valid_metric(plan: &Plan) -> String {
-    plan.metric.clone()
 }
 
 /// The paired values of `a` and `b` over seeds × users: `(a values, b values)`.
