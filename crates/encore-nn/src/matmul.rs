@@ -125,6 +125,11 @@ pub fn matmul_on<T: Scalar>(
     };
     let (a_cs, a_rs) = a.strides();
     let (b_cs, b_rs) = b.strides();
+    if let gemm::Parallelism::Rayon(t) = parallelism {
+        if m == 1 && b_cs == 1 && n >= 2 * GEMV_COLUMNS && k * n >= GEMV_SPLIT_ELEMENTS {
+            return gemv_split(out, a, b, accumulate, t);
+        }
+    }
     // SAFETY: the pointers cover `m x k`, `k x n` and `m x n` elements with the given strides
     // (checked by the assertions above and in `Mat::new`); `out` is a unique borrow, so it
     // does not alias the inputs.
@@ -151,6 +156,62 @@ pub fn matmul_on<T: Scalar>(
             parallelism,
         );
     }
+}
+
+/// The multiple of columns every piece of a split one-row product starts at.
+const GEMV_COLUMNS: usize = 64;
+
+/// Matrix elements below which a one-row product stays on one thread: a small matrix is read
+/// from cache, and forking costs more than the split saves (ml-100k's 600 x 1,682 output layer
+/// answered fewer requests per second split).
+const GEMV_SPLIT_ELEMENTS: usize = 1 << 21;
+
+/// A one-row product against a row-major `b` (`m = 1`, `b`'s column stride 1) with its
+/// columns split over `t` threads.
+///
+/// `gemm` answers that shape with its `gemv`, which runs on one thread whatever
+/// `Parallelism` says; a fold-in's output layer (one listener against every item: 135 MB of
+/// weights on a 56,512-item catalogue) is then bound by one core's share of the memory
+/// bandwidth. In that `gemv` every output element is its own chain of multiply-adds down the
+/// inner dimension, independent of every other column, and the pieces start at multiples of
+/// 64 columns so the same columns fall in its SIMD lanes and its scalar tail as in one call:
+/// the split changes no bit (a test checks it against the single call).
+fn gemv_split<T: Scalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool, t: usize) {
+    let (_, k) = a.shape();
+    let n = out.len();
+    let (a_cs, a_rs) = a.strides();
+    let (_, b_rs) = b.strides();
+    let piece = n.div_ceil(t).next_multiple_of(GEMV_COLUMNS);
+    let (a_ptr, b_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize);
+    out.par_chunks_mut(piece).enumerate().for_each(|(c, dst)| {
+        let cols = dst.len();
+        // SAFETY: `a` covers `1 x k` and `b` `k x n` elements with the given strides
+        // (checked by the caller); this piece reads `b`'s columns `c * piece ..` for
+        // `cols` columns, inside every row of `b`, and writes its own chunk of `out`.
+        unsafe {
+            gemm::gemm(
+                1,
+                cols,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                cols as isize,
+                accumulate,
+                a_ptr as *const T,
+                a_cs,
+                a_rs,
+                (b_ptr as *const T).add(c * piece),
+                1,
+                b_rs,
+                T::ONE,
+                T::ONE,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
 }
 
 /// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
@@ -237,5 +298,33 @@ mod tests {
             })
         };
         assert_eq!(run(1), run(4));
+    }
+
+    /// A one-row product split over threads (a fold-in's output layer) is the single `gemv`
+    /// call bit for bit, with and without accumulation, on widths that leave ragged pieces
+    /// and a scalar tail.
+    #[test]
+    fn one_row_split_over_threads_is_the_single_call() {
+        let k = 600;
+        for n in [4_099usize, 56_512, 10_007] {
+            let a: Vec<f32> = (0..k)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
+                .collect();
+            let run = |threads: usize, pool: Threads| {
+                crate::on_threads(threads, || {
+                    let mut c: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 0.1).collect();
+                    matmul_on(&mut c, Mat::new(&a, 1, k), Mat::new(&b, k, n), false, pool);
+                    let first = c.clone();
+                    matmul_on(&mut c, Mat::new(&a, 1, k), Mat::new(&b, k, n), true, pool);
+                    (first, c)
+                })
+            };
+            let single = run(1, Threads::One);
+            assert_eq!(run(3, Threads::Pool), single, "n = {n}");
+            assert_eq!(run(4, Threads::Pool), single, "n = {n}");
+        }
     }
 }
