@@ -156,6 +156,80 @@ impl ImportArgs {
     }
 }
 
+/// Where `train` and `tune` take their interactions and split from: a prepared dataset cut by
+/// a split protocol, or a saved split directory (with or without the dataset).
+#[derive(Args, Clone, Debug, Default)]
+pub struct DataSource {
+    /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Split protocol (default ratio): ratio, ratio-recbole (RecBole 1.2.1's exact split for
+    /// the seed), users, temporal or temporal-global.
+    #[arg(long, conflicts_with = "split_dir")]
+    pub split: Option<String>,
+    /// A saved split directory (train.tsv, valid.tsv, test.tsv, split.json) to train and
+    /// evaluate on.
+    #[arg(long)]
+    pub split_dir: Option<PathBuf>,
+}
+
+impl DataSource {
+    /// The split protocol's name (`ratio` unless --split says otherwise); `None` with
+    /// --split-dir.
+    pub fn protocol(&self) -> Option<String> {
+        match &self.split_dir {
+            Some(_) => None,
+            None => Some(self.split.clone().unwrap_or_else(|| "ratio".into())),
+        }
+    }
+
+    /// Refuse, before any work, what cannot name a split: neither --data nor --split-dir,
+    /// or an unknown protocol.
+    pub fn check(&self) -> Result<()> {
+        if self.data.is_none() && self.split_dir.is_none() {
+            bail!("--data is required unless --split-dir is given");
+        }
+        if let Some(split) = &self.split {
+            split.parse::<SplitKind>().context("--split")?;
+        }
+        Ok(())
+    }
+
+    /// The dataset and the split: the protocol applied to the dataset with `seed`, or the
+    /// saved split directory (its dataset rebuilt from the split's files when --data is
+    /// not given).
+    pub fn load(&self, seed: u64) -> Result<(Dataset, Split)> {
+        let dataset = self.data.as_deref().map(load).transpose()?;
+        match (&self.split, &self.split_dir) {
+            (Some(_), Some(_)) => bail!("give either --split or --split-dir, not both"),
+            (_, Some(dir)) => {
+                let loaded = Split::load_dir(dir, dataset.as_ref())
+                    .with_context(|| format!("loading the split in {}", dir.display()))?;
+                let ds = match dataset {
+                    Some(ds) => ds,
+                    None => loaded.dataset(&dir_name(dir)),
+                };
+                Ok((ds, loaded.split))
+            }
+            (split, None) => {
+                let Some(ds) = dataset else {
+                    bail!("--data is required unless --split-dir is given");
+                };
+                let kind: SplitKind = split.as_deref().unwrap_or("ratio").parse()?;
+                let s = Split::make(&ds, kind, seed)?;
+                Ok((ds, s))
+            }
+        }
+    }
+}
+
+/// A folder's last component, for names made from a path (`dataset` when it has none).
+pub fn dir_name(p: &Path) -> String {
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into())
+}
+
 pub fn run(cmd: DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Import(args) => {

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use encore_data::synth::Preset;
 
-use crate::data::{self, FormatName, ImportArgs};
+use crate::data::{self, DataSource, FormatName, ImportArgs};
 use crate::features::FeatureSources;
 use crate::models;
 use crate::train::{self, table, TrainArgs};
@@ -123,9 +123,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
             config: None,
             sets,
             resume: false,
-            data: Some(prepared.clone()),
-            split: Some("ratio".into()),
-            split_dir: None,
+            source: DataSource {
+                data: Some(prepared.clone()),
+                split: Some("ratio".into()),
+                split_dir: None,
+            },
             seed: Some(args.seed),
             k: ks.clone(),
             out: Some(args.out.join("runs").join(&label)),

@@ -3,17 +3,17 @@
 //! vectors; the run directory's lifecycle is `encore_core::run`'s.
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use encore_core::registry::ModelEntry;
 use encore_core::run::{self, NewRun, RunFit, RunResult, RunStage};
 use encore_core::ModelError;
-use encore_data::{Dataset, Split, SplitKind};
 use encore_eval::MetricReport;
 
-use crate::{data, models, progress};
+use crate::data::DataSource;
+use crate::{models, progress};
 
 #[derive(Args, Clone, Debug)]
 #[command(
@@ -34,16 +34,8 @@ pub struct TrainArgs {
     /// taken from the run directory).
     #[arg(long, requires = "out")]
     pub resume: bool,
-    /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Split protocol: ratio, ratio-recbole (RecBole 1.2.1's exact split for the seed),
-    /// users, temporal or temporal-global.
-    #[arg(long, conflicts_with = "split_dir")]
-    pub split: Option<String>,
-    /// Train and evaluate on a saved split directory (train.tsv, valid.tsv, test.tsv, split.json).
-    #[arg(long)]
-    pub split_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: DataSource,
     /// Seed for the split, the trainer and the model's initialisation (default 2020).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -85,37 +77,6 @@ pub fn metric_names(ks: &[usize]) -> Vec<String> {
         .collect()
 }
 
-/// Resolve the dataset and split the arguments name.
-fn dataset_and_split(args: &TrainArgs, seed: u64) -> Result<(Dataset, Split)> {
-    let dataset = args.data.as_deref().map(data::load).transpose()?;
-    match (&args.split, &args.split_dir) {
-        (Some(_), Some(_)) => bail!("give either --split or --split-dir, not both"),
-        (_, Some(dir)) => {
-            let loaded = Split::load_dir(dir, dataset.as_ref())
-                .with_context(|| format!("loading the split in {}", dir.display()))?;
-            let ds = match dataset {
-                Some(ds) => ds,
-                None => loaded.dataset(&dir_name(dir)),
-            };
-            Ok((ds, loaded.split))
-        }
-        (split, None) => {
-            let Some(ds) = dataset else {
-                bail!("--data is required unless --split-dir is given");
-            };
-            let kind: SplitKind = split.as_deref().unwrap_or("ratio").parse()?;
-            let s = Split::make(&ds, kind, seed)?;
-            Ok((ds, s))
-        }
-    }
-}
-
-fn dir_name(p: &Path) -> String {
-    p.file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into())
-}
-
 /// Train, evaluate and record one run (a new one, or the run in `--out` with `--resume`).
 pub fn train(args: &TrainArgs) -> Result<RunResult> {
     let entry = models::find(&args.model)?;
@@ -148,7 +109,7 @@ pub fn train(args: &TrainArgs) -> Result<RunResult> {
 fn new_run(args: &TrainArgs, entry: &ModelEntry, progress: &dyn Fn(RunStage)) -> Result<RunResult> {
     let seed = args.seed.unwrap_or(2020);
     let config = (entry.resolve)(args.config.as_deref(), &args.sets, args.seed)?;
-    let (dataset, split) = dataset_and_split(args, seed)?;
+    let (dataset, split) = args.source.load(seed)?;
     let run_dir = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "{}-{}-{}-{}",
@@ -180,7 +141,7 @@ fn new_run(args: &TrainArgs, entry: &ModelEntry, progress: &dyn Fn(RunStage)) ->
         model: entry.name,
         config: config.as_ref(),
         dataset: &dataset,
-        data: args.data.as_deref(),
+        data: args.source.data.as_deref(),
         split: &split,
         seed,
         features,

@@ -29,10 +29,10 @@ use clap::Args;
 use encore_core::config::parse_set;
 use encore_core::registry::ModelEntry;
 use encore_core::run;
-use encore_data::SplitKind;
 use encore_tune::study::{BEST_FILE, PLOT_FILE, TRIALS_FILE};
 use encore_tune::{Params, Sampler, SearchSpace, Study, TrialRecord, TuneSettings};
 
+use crate::data::{dir_name, DataSource};
 use crate::features::FeatureSources;
 use crate::train::{self, TrainArgs};
 use crate::{models, progress};
@@ -93,15 +93,8 @@ pub struct TuneArgs {
     /// The model to tune: itemknn, ease, bpr, lightgcn, multivae, macridvae or diffrec.
     #[arg(long)]
     pub model: String,
-    /// A prepared dataset directory (`encore data import`). Optional with --split-dir.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Split protocol (default ratio): ratio, ratio-recbole, users, temporal or temporal-global.
-    #[arg(long, conflicts_with = "split_dir")]
-    pub split: Option<String>,
-    /// Tune on a saved split directory (train.tsv, valid.tsv, test.tsv).
-    #[arg(long)]
-    pub split_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: DataSource,
     /// Seeds the proposals, and each trial's split, trainer and initialisation.
     #[arg(long, default_value_t = 2020)]
     pub seed: u64,
@@ -234,12 +227,7 @@ fn prepare(args: TuneArgs, entry: ModelEntry) -> Result<(Tuning, SearchSpace)> {
             .map_err(|e| format!("the model's configuration refuses it: {e}"))
     })?;
 
-    if args.data.is_none() && args.split_dir.is_none() {
-        bail!("--data is required unless --split-dir is given");
-    }
-    if let Some(split) = &args.split {
-        split.parse::<SplitKind>().context("--split")?;
-    }
+    args.source.check()?;
     let mut ks = REPORT_KS.to_vec();
     ks.push(k);
     ks.sort_unstable();
@@ -323,15 +311,14 @@ fn settings(args: &TuneArgs, space: &SearchSpace) -> Result<TuneSettings> {
         seed: args.seed,
         startup_trials: args.startup_trials,
         data: args
+            .source
             .data
             .as_deref()
             .map(|p| absolute("--data", p))
             .transpose()?,
-        split: match &args.split_dir {
-            Some(_) => None,
-            None => Some(args.split.clone().unwrap_or_else(|| "ratio".into())),
-        },
+        split: args.source.protocol(),
         split_dir: args
+            .source
             .split_dir
             .as_deref()
             .map(|p| absolute("--split-dir", p))
@@ -343,19 +330,16 @@ fn settings(args: &TuneArgs, space: &SearchSpace) -> Result<TuneSettings> {
 }
 
 fn default_out(args: &TuneArgs) -> PathBuf {
-    let name = |p: &Path| {
-        p.file_name()
-            .map_or_else(|| "dataset".into(), |s| s.to_string_lossy().into_owned())
-    };
-    let dataset = args
+    let source = &args.source;
+    let dataset = source
         .data
         .as_deref()
-        .or(args.split_dir.as_deref())
-        .map(name)
+        .or(source.split_dir.as_deref())
+        .map(dir_name)
         .unwrap_or_default();
-    let split = match &args.split_dir {
-        Some(dir) => name(dir),
-        None => args.split.clone().unwrap_or_else(|| "ratio".into()),
+    let split = match &source.split_dir {
+        Some(dir) => dir_name(dir),
+        None => source.protocol().unwrap_or_default(),
     };
     PathBuf::from("runs").join(format!(
         "tune-{}-{dataset}-{split}-{}",
@@ -435,9 +419,7 @@ fn run_trial(tuning: &Tuning, params: &Params, dir: &Path) -> Result<f64> {
         config: None,
         sets,
         resume,
-        data: args.data.clone(),
-        split: args.split.clone(),
-        split_dir: args.split_dir.clone(),
+        source: args.source.clone(),
         seed: Some(args.seed),
         k: tuning.ks.clone(),
         out: Some(dir.to_path_buf()),
