@@ -133,7 +133,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             out: Some(args.out.join("runs").join(&label)),
             features,
         })?;
-        println!("  {label:<12} done in {:.1} s", t.elapsed().as_secs_f64());
+        println!("  {label:<14} done in {:.1} s", t.elapsed().as_secs_f64());
         results.push((label, r));
     }
     let rows: Vec<(String, &encore_eval::MetricReport)> =
