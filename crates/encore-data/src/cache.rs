@@ -190,9 +190,9 @@ pub fn load(path: &Path) -> Result<Dataset> {
     })
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: blake3::Hasher,
+pub(crate) struct HashingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: blake3::Hasher,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -206,9 +206,9 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: blake3::Hasher,
+pub(crate) struct HashingReader<R> {
+    pub(crate) inner: R,
+    pub(crate) hasher: blake3::Hasher,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -220,7 +220,7 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Write a slice of plain integers as little-endian bytes.
-fn write_le<T: bytemuck::Pod, W: Write>(w: &mut W, values: &[T]) -> std::io::Result<()> {
+pub(crate) fn write_le<T: bytemuck::Pod, W: Write>(w: &mut W, values: &[T]) -> std::io::Result<()> {
     // x86-64 and aarch64 are little-endian; a big-endian host would need a byte swap here.
     const {
         assert!(
@@ -235,7 +235,7 @@ fn write_le<T: bytemuck::Pod, W: Write>(w: &mut W, values: &[T]) -> std::io::Res
 }
 
 /// Read `n` little-endian integers.
-fn read_le<T: bytemuck::Pod + bytemuck::Zeroable, R: Read>(
+pub(crate) fn read_le<T: bytemuck::Pod + bytemuck::Zeroable, R: Read>(
     r: &mut R,
     n: usize,
 ) -> std::io::Result<Vec<T>> {

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod matrix;
 pub mod readers;
 pub mod split;
+pub mod split_cache;
 pub mod synth;
 
 pub use dataset::{Dataset, PrepareOptions};

@@ -16,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::hash_matrix;
+use crate::split_cache;
 use crate::{DataError, Dataset, IdMap, InteractionMatrix, Result};
 
 /// The split protocols.
@@ -395,6 +396,7 @@ impl Split {
         }
     }
 
+    /// Train, input, valid and test under their names (also [`split_cache`]'s order).
     fn parts(&self) -> [(&'static str, &InteractionMatrix); 4] {
         [
             ("train", &self.train),
@@ -457,10 +459,14 @@ impl Split {
             })?;
         }
         let json = serde_json::to_string_pretty(info).expect("split info serialises");
-        Ok(encore_io::write_bytes(
-            &dir.join("split.json"),
-            json.as_bytes(),
-        )?)
+        encore_io::write_bytes(&dir.join("split.json"), json.as_bytes())?;
+        // Last, once the files it answers for are final.
+        split_cache::save(
+            dir,
+            &dataset.users,
+            &dataset.items,
+            self.parts().map(|p| p.1),
+        )
     }
 
     /// Read a split directory written by [`Split::save_dir`], or made by another tool: only
@@ -496,6 +502,25 @@ impl Split {
         };
         let fixed = catalogue.is_some();
         let (mut users, mut items) = catalogue.unwrap_or_default();
+        // An Encore split directory read before: its binary twin, while the text is unchanged.
+        if let (Some(info), true) = (&info, fixed) {
+            if let Some(p) = split_cache::load(dir, &users, &items) {
+                let split = Split {
+                    kind: info.kind,
+                    seed: info.seed,
+                    train: p.train,
+                    input: p.input,
+                    valid: p.valid,
+                    test: p.test,
+                };
+                return Ok(LoadedSplit {
+                    split,
+                    users,
+                    items,
+                    info: info.clone(),
+                });
+            }
+        }
         let mut read = |name: &str, required: bool| -> Result<Vec<(u32, u32)>> {
             let path = dir.join(name);
             if !required && !path.exists() {
@@ -534,6 +559,18 @@ impl Split {
                 counts: Default::default(),
             },
         };
+        if let (Some(_), true) = (&info, fixed) {
+            // For the next load (a directory written before the twin existed, or whose twin
+            // went stale). A read-only directory keeps being parsed.
+            if let Err(e) = split_cache::save(
+                dir,
+                &loaded.users,
+                &loaded.items,
+                loaded.split.parts().map(|p| p.1),
+            ) {
+                tracing::debug!("{}: no binary twin written: {e}", dir.display());
+            }
+        }
         loaded.info = match info {
             Some(info) => info,
             // An external split: record it as such, with the fingerprints Encore computes.
@@ -922,6 +959,66 @@ mod tests {
         std::fs::write(path.join(USERS_FILE), "u0\n").unwrap();
         let err = Split::load_dir(&path, None).unwrap_err().to_string();
         assert!(err.contains(ITEMS_FILE), "{err}");
+    }
+
+    /// The binary twin gives what the text gives, and only while the text, `split.json` and
+    /// the catalogue are the ones it was made from; a damaged twin is passed over.
+    #[test]
+    fn binary_twin_answers_only_for_unchanged_text() {
+        let ds = dataset(40, 10, false);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        let s = Split::make(&ds, SplitKind::Users, 5).unwrap();
+        let info = s.info(&ds.fingerprint());
+        s.save_dir(path, &ds, &info).unwrap();
+        let twin = path.join(split_cache::FILE_NAME);
+        assert!(split_cache::load(path, &ds.users, &ds.items).is_some());
+        let back = Split::load_dir(path, Some(&ds)).unwrap();
+        assert_eq!((&back.split, &back.info), (&s, &info));
+        // Parsed from the text alone: the same split.
+        std::fs::remove_file(&twin).unwrap();
+        let parsed = Split::load_dir(path, None).unwrap();
+        assert_eq!(parsed.split, s);
+        // ... and the twin is written again for the next load.
+        assert!(split_cache::load(path, &ds.users, &ds.items).is_some());
+        // Another catalogue order: the indices would mean other items.
+        let mut ids = ds.items.ids().to_vec();
+        ids.reverse();
+        let reversed = IdMap::from_ids(ids).unwrap();
+        assert!(split_cache::load(path, &ds.users, &reversed).is_none());
+        // A line taken out of train.tsv: the twin stands down and the edit is seen.
+        let train = path.join("train.tsv");
+        let text = std::fs::read_to_string(&train).unwrap();
+        let last = text.trim_end().rfind('\n').unwrap();
+        std::fs::write(&train, &text[..=last]).unwrap();
+        assert!(split_cache::load(path, &ds.users, &ds.items).is_none());
+        let edited = Split::load_dir(path, Some(&ds)).unwrap();
+        assert_eq!(edited.split.train.nnz(), s.train.nnz() - 1);
+        assert_eq!(
+            split_cache::load(path, &ds.users, &ds.items).unwrap().train,
+            edited.split.train
+        );
+        // split.json is a source too.
+        let json = path.join("split.json");
+        let mut changed = info.clone();
+        changed.seed = 6;
+        std::fs::write(&json, serde_json::to_string(&changed).unwrap()).unwrap();
+        assert!(split_cache::load(path, &ds.users, &ds.items).is_none());
+        assert_eq!(Split::load_dir(path, Some(&ds)).unwrap().split.seed, 6);
+        // A damaged twin (one byte flipped in the arrays): the text is read instead.
+        let mut bytes = std::fs::read(&twin).unwrap();
+        let at = bytes.len() - 40;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&twin, &bytes).unwrap();
+        assert!(split_cache::load(path, &ds.users, &ds.items).is_none());
+        let again = Split::load_dir(path, Some(&ds)).unwrap().split;
+        assert_eq!(
+            again,
+            Split {
+                seed: 6,
+                ..edited.split
+            }
+        );
     }
 
     #[test]
