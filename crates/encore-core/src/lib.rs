@@ -57,6 +57,27 @@ pub trait Recommender: Send + Sync {
     /// entries.
     fn score_history(&self, history: &[u32], out: &mut [f32]) -> Result<(), ModelError>;
 
+    /// [`Recommender::score_history`] for several listeners at once: row `r` of `out`
+    /// (`histories.len() * n_items()`, row-major) is exactly, bit for bit, what
+    /// `score_history(histories[r])` gives alone. The service folds in the listeners waiting
+    /// together this way; a model may share work between them (MultiVAE reads its output
+    /// layer once for all), by default each is scored alone.
+    fn score_histories(&self, histories: &[&[u32]], out: &mut [f32]) -> Result<(), ModelError> {
+        let n = self.n_items();
+        if out.len() != histories.len() * n {
+            return Err(ModelError::Input(format!(
+                "score buffer has {} entries, {} histories x {n} items need {}",
+                out.len(),
+                histories.len(),
+                histories.len() * n
+            )));
+        }
+        for (h, row) in histories.iter().zip(out.chunks_mut(n.max(1))) {
+            self.score_history(h, row)?;
+        }
+        Ok(())
+    }
+
     /// Write the model's weights (safetensors) and whatever else it needs into `dir`.
     fn save(&self, dir: &Path) -> Result<(), ModelError>;
 

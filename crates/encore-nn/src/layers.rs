@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{add_bias, col_sums, tanh_backward, tanh_inplace};
 use crate::params::{Grads, ParamId, ParamStore};
-use crate::{matmul, transpose_into, Csr, Mat};
+use crate::{matmul, matmul_rows_alone, transpose_into, Csr, Mat};
 
 /// The element-wise function after a layer's affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +200,19 @@ impl Dense {
                 yb.iter_mut().zip(&ys).for_each(|(a, c)| *a += c);
             });
         }
+        add_bias(y, store.get(self.bias));
+        self.activation.forward(y);
+    }
+
+    /// [`Dense::forward_into`] for a layer without side input, with every row computed as if
+    /// it were alone (`rows = 1`), bit for bit, while the weight is read once for all rows
+    /// ([`matmul_rows_alone`]): several listeners folded in together get exactly their
+    /// scores alone.
+    pub fn forward_rows_alone(&self, store: &ParamStore, a: &[f32], rows: usize, y: &mut [f32]) {
+        assert_eq!(self.side, 0, "rows alone: a layer without side input");
+        let (ih, o) = (self.inputs, self.outputs);
+        let w = store.get(self.weight);
+        matmul_rows_alone(y, a, rows, Mat::new(&w[..ih * o], ih, o));
         add_bias(y, store.get(self.bias));
         self.activation.forward(y);
     }
@@ -394,6 +407,23 @@ impl Mlp {
         let mut out = vec![0f32; rows * self.outputs()];
         let trace = self.forward_into(store, x, side, rows, &mut out);
         (out, trace)
+    }
+
+    /// The input of the last layer `[rows, last.inputs()]` for `x` `[rows, inputs]`: every
+    /// layer but the last, computed as [`Mlp::forward_into`] computes them (no trace kept).
+    pub fn forward_front(
+        &self,
+        store: &ParamStore,
+        x: Vec<f32>,
+        side: Option<Side<'_>>,
+        rows: usize,
+    ) -> Vec<f32> {
+        let (_, front) = self.layers.split_last().expect("at least one layer");
+        let mut h = x;
+        for layer in front {
+            h = layer.forward(store, &h, side, rows);
+        }
+        h
     }
 
     /// [`Mlp::forward`] with the last layer's output written into `out` `[rows, outputs]`.

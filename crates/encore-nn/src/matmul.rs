@@ -214,6 +214,74 @@ fn gemv_split<T: Scalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate
     });
 }
 
+/// Columns of `b` per piece of [`matmul_rows_alone`]: a multiple of [`GEMV_COLUMNS`], and a
+/// piece of a 600-row `b` (2.4 MB) stays in the last-level cache while every row reads it.
+const ROWS_ALONE_COLUMNS: usize = 1024;
+
+/// `out = a · b` (`a` `[m, k]` and `out` `[m, n]` row-major) with every row of `out` equal, bit for bit, to the
+/// product of that row of `a` alone (`m = 1`, as [`matmul`] computes it): several listeners
+/// folded in together get exactly the scores each would get alone, while `b` is read from
+/// memory once for all of them instead of once per listener.
+///
+/// `b` is cut into pieces of 1,024 columns, run in parallel; within a piece each row is one
+/// `gemm` call with `m = 1`, the `gemv` a row alone gets (the piece is then read from the cache
+/// by the other rows). As in [`gemv_split`], every output element is its own chain of
+/// multiply-adds down the inner dimension and the pieces start at multiples of 64 columns, so
+/// the cut changes no bit. A transposed `b` (a row alone is then not a `gemv` over columns)
+/// falls back to one product per row.
+pub fn matmul_rows_alone(out: &mut [f32], a: &[f32], m: usize, b: Mat<'_, f32>) {
+    let (k, n) = b.shape();
+    assert_eq!(a.len(), m * k, "input size");
+    assert_eq!(out.len(), m * n, "output size");
+    let (b_cs, b_rs) = b.strides();
+    if m <= 1 || n == 0 || k <= 2 || b_cs != 1 {
+        // One row, nothing to compute, `gemm`'s k <= 2 path, or a transposed `b`.
+        for (r, row) in out.chunks_mut(n.max(1)).enumerate().take(m) {
+            matmul(row, Mat::new(&a[r * k..][..k], 1, k), b, false);
+        }
+        return;
+    }
+    let (a_ptr, b_ptr, out_ptr) = (
+        a.as_ptr() as usize,
+        b.data.as_ptr() as usize,
+        out.as_mut_ptr() as usize,
+    );
+    let pieces = n.div_ceil(ROWS_ALONE_COLUMNS);
+    (0..pieces).into_par_iter().for_each(|p| {
+        let c0 = p * ROWS_ALONE_COLUMNS;
+        let cols = ROWS_ALONE_COLUMNS.min(n - c0);
+        for r in 0..m {
+            // SAFETY: `a` covers `m x k` and `b` `k x n` elements with the given strides
+            // (checked above and in `Mat::new`); this call reads row `r` of `a` and columns
+            // `c0 .. c0 + cols` of every row of `b`, and writes those columns of row `r` of
+            // `out`, which no other piece writes.
+            unsafe {
+                gemm::gemm(
+                    1,
+                    cols,
+                    k,
+                    (out_ptr as *mut f32).add(r * n + c0),
+                    1,
+                    n as isize,
+                    false,
+                    (a_ptr as *const f32).add(r * k),
+                    1,
+                    k as isize,
+                    (b_ptr as *const f32).add(c0),
+                    1,
+                    b_rs,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
+    });
+}
+
 /// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
 pub fn transpose_into<T: Scalar>(a: &[T], r: usize, c: usize, out: &mut [T]) {
     assert_eq!(a.len(), r * c, "input size");
@@ -325,6 +393,61 @@ mod tests {
             let single = run(1, Threads::One);
             assert_eq!(run(3, Threads::Pool), single, "n = {n}");
             assert_eq!(run(4, Threads::Pool), single, "n = {n}");
+        }
+    }
+
+    /// Rows computed together with `b` read once per piece are each row's product alone, bit
+    /// for bit, on any number of threads (widths with ragged pieces and a scalar tail; `k`
+    /// of 1-2 and a transposed `b` take the per-row fallback). With `k = 600` a plain
+    /// many-row product differs from the rows alone in most elements (`gemm` then sums the
+    /// inner dimension in blocks), so this checks the order, not just the values.
+    #[test]
+    fn rows_together_are_each_row_alone() {
+        for (m, k, n) in [
+            (5, 300, 5_000),
+            (3, 257, 2_049),
+            (4, 2, 1_500),
+            (1, 64, 3_000),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
+                .collect();
+            let bt = {
+                let mut t = vec![0f32; k * n];
+                transpose_into(&b, k, n, &mut t);
+                t
+            };
+            let alone: Vec<f32> = (0..m)
+                .flat_map(|r| {
+                    let mut row = vec![0f32; n];
+                    matmul(
+                        &mut row,
+                        Mat::new(&a[r * k..][..k], 1, k),
+                        Mat::new(&b, k, n),
+                        false,
+                    );
+                    row
+                })
+                .collect();
+            for threads in [1, 3] {
+                let together = crate::on_threads(threads, || {
+                    let mut out = vec![7f32; m * n];
+                    matmul_rows_alone(&mut out, &a, m, Mat::new(&b, k, n));
+                    out
+                });
+                assert_eq!(together, alone, "m {m} k {k} n {n}, {threads} threads");
+                let transposed = crate::on_threads(threads, || {
+                    let mut out = vec![7f32; m * n];
+                    matmul_rows_alone(&mut out, &a, m, Mat::new(&bt, n, k).t());
+                    out
+                });
+                for (x, y) in transposed.iter().zip(&alone) {
+                    assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()));
+                }
+            }
         }
     }
 }

@@ -386,17 +386,8 @@ impl MultiVae {
         let b = input.n_rows();
         let side = cond.map(|c| Side::new(c, 1));
         let (enc, enc_out, sigma, mut z) = self.encode_hand(input, side, eps);
-        // Scoring with latent diffusion: μ taken as z_{t_s}, denoised by the reverse chain.
-        if let (None, Some(ld)) = (eps, &self.diffusion) {
-            ld.denoiser.reverse(
-                &self.params,
-                &ld.schedule,
-                ld.mean_type,
-                &mut z,
-                ld.start,
-                side,
-                None,
-            );
+        if eps.is_none() {
+            self.denoise_for_scoring(&mut z, side);
         }
         let (logits, dec) = match out {
             Some(out) => (
@@ -414,6 +405,22 @@ impl MultiVae {
                 dec,
             },
         )
+    }
+
+    /// Scoring with latent diffusion: `μ` (in `z`) taken as `z_{t_s}` and denoised by the
+    /// reverse chain; nothing without diffusion.
+    fn denoise_for_scoring(&self, z: &mut [f32], side: Option<Side<'_>>) {
+        if let Some(ld) = &self.diffusion {
+            ld.denoiser.reverse(
+                &self.params,
+                &ld.schedule,
+                ld.mean_type,
+                z,
+                ld.start,
+                side,
+                None,
+            );
+        }
     }
 
     /// The encoder: its trace, its output `[B, 2d]`, `σ` (training) and `z = μ + σ ⊙ ε`
@@ -957,6 +964,43 @@ impl Recommender for MultiVae {
         common::score_history(self, history, out)
     }
 
+    /// Each history's forward pass alone, as [`common::score_history`] runs it, up to the
+    /// decoder's last layer; that layer (at catalogue scale nearly all of the pass: its weight
+    /// is `hidden x items`) for all histories at once, each row as if alone
+    /// ([`Dense::forward_rows_alone`]).
+    fn score_histories(&self, histories: &[&[u32]], out: &mut [f32]) -> Result<(), ModelError> {
+        let n = self.n_items;
+        if out.len() != histories.len() * n {
+            return Err(ModelError::Input(format!(
+                "score buffer has {} entries, {} histories x {n} items need {}",
+                out.len(),
+                histories.len(),
+                histories.len() * n
+            )));
+        }
+        let last = self.net.decoder.layers().last().expect("a decoder layer");
+        if last.side() > 0 {
+            // Not a shape MultiVAE builds (the side input goes to the first decoder layer,
+            // and there is always a hidden one), but then: each alone.
+            for (h, row) in histories.iter().zip(out.chunks_mut(n)) {
+                self.score_history(h, row)?;
+            }
+            return Ok(());
+        }
+        let mut hidden = Vec::with_capacity(histories.len() * last.inputs());
+        for h in histories {
+            let m = InteractionMatrix::from_rows(n, &[common::checked_history(h, n)?]);
+            let x = SparseBatch::normalised_csr(&m, &[0]);
+            let cond = self.cond_vectors(&m, &[0]);
+            let side = cond.as_deref().map(|c| Side::new(c, 1));
+            let (_, _, _, mut z) = self.encode_hand(&x, side, None);
+            self.denoise_for_scoring(&mut z, side);
+            hidden.extend(self.net.decoder.forward_front(&self.params, z, side, 1));
+        }
+        last.forward_rows_alone(&self.params, &hidden, histories.len(), out);
+        Ok(())
+    }
+
     fn save(&self, dir: &Path) -> Result<(), ModelError> {
         common::save_model(dir, &self.config, self.n_items, &self.params)?;
         match &self.cond {
@@ -1341,6 +1385,86 @@ mod tests {
         back.score_history(&[2, 0, 1, 1], &mut h).unwrap();
         assert_eq!(&h[..], &a[..7], "fold-in of user 0's history");
         assert!(back.score_history(&[7], &mut h).is_err());
+    }
+
+    /// Listeners folded in together get exactly, bit for bit, their scores alone: plain,
+    /// with latent diffusion and conditioned, on a catalogue wide enough for the output layer
+    /// to be cut in several pieces, on one thread and three; a bad index in any history is an
+    /// error.
+    #[test]
+    fn histories_scored_together_are_each_alone() {
+        let n = 2_600;
+        let histories: Vec<Vec<u32>> = vec![
+            vec![3],
+            (0..40u32)
+                .map(|i| i * 61 % n as u32)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            vec![7, 1023, 1024, 2599],
+            (100..400).collect(),
+        ];
+        let refs: Vec<&[u32]> = histories.iter().map(|h| h.as_slice()).collect();
+        // 600 hidden units: with that many, a many-row product sums in another order than a
+        // row alone, so equality here is the order, not luck.
+        let cfg = MultiVaeConfig {
+            hidden_dims: vec![600],
+            latent_dim: 6,
+            ..MultiVaeConfig::original()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let features = Conditioning::new(
+            n,
+            4,
+            normals(&mut rng, n * 4, 1.0),
+            (0..n).map(|i| i % 3 != 0).collect(),
+        )
+        .unwrap();
+        let models = [
+            MultiVae::new(cfg.clone(), n).unwrap(),
+            MultiVae::new(
+                MultiVaeConfig {
+                    diffusion: DiffusionKind::Diffrec,
+                    denoiser_hidden: vec![8],
+                    time_dim: 6,
+                    ..cfg.clone()
+                },
+                n,
+            )
+            .unwrap(),
+            MultiVae::with_conditioning(
+                MultiVaeConfig {
+                    conditioning: ConditioningKind::Concat,
+                    cond_dim: 4,
+                    ..cfg.clone()
+                },
+                n,
+                Some(features),
+            )
+            .unwrap(),
+        ];
+        for (i, m) in models.iter().enumerate() {
+            let alone: Vec<f32> = refs
+                .iter()
+                .flat_map(|h| {
+                    let mut o = vec![0f32; n];
+                    m.score_history(h, &mut o).unwrap();
+                    o
+                })
+                .collect();
+            for threads in [1, 3] {
+                let together = encore_nn::on_threads(threads, || {
+                    let mut o = vec![0f32; refs.len() * n];
+                    m.score_histories(&refs, &mut o).unwrap();
+                    o
+                });
+                assert_eq!(together, alone, "model {i}, {threads} threads");
+            }
+        }
+        let mut out = vec![0f32; 2 * n];
+        assert!(models[0]
+            .score_histories(&[&[1], &[n as u32]], &mut out)
+            .is_err());
     }
 
     fn tiny_diffusion(kind: DiffusionKind, mean_type: MeanTypeKey) -> MultiVaeConfig {
