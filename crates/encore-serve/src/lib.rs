@@ -15,7 +15,8 @@
 //! - [`served`]: one loaded run and every query on it, shared with `encore recommend` so the
 //!   command line and the service answer alike.
 //! - [`api`]: request parsing and limits; [`error`]: the error types and the JSON error body.
-//! - [`service`]: the state, routes, handlers and middleware; [`metrics`]: the counters.
+//! - [`service`]: the state, routes, handlers and middleware; [`metrics`]: the counters;
+//!   `batch`: the queue that scores the fold-ins waiting together in one pass.
 //! - [`client`] and [`load`]: a loopback-only client and the bounded load generator behind
 //!   `encore bench serve`.
 //!
@@ -23,6 +24,7 @@
 //! registry the binary passes in ([`ServedRun::load`]).
 
 pub mod api;
+mod batch;
 pub mod client;
 pub mod error;
 pub mod load;
@@ -34,5 +36,5 @@ pub mod service;
 pub use api::Limits;
 pub use client::Client;
 pub use error::{ApiError, ServeError};
-pub use served::{ExportPart, History, Scored, ServedRun};
+pub use served::{ExportPart, FoldIn, History, Scored, ServedRun};
 pub use service::{serve, shutdown_signal, Service};

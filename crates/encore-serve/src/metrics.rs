@@ -26,6 +26,9 @@ struct Counts {
     requests: BTreeMap<(String, u16), u64>,
     /// route -> latency.
     latency: BTreeMap<String, Histogram>,
+    /// Passes that scored waiting fold-ins together, and the fold-ins they scored.
+    fold_in_passes: u64,
+    fold_ins: u64,
 }
 
 /// The service's counters.
@@ -55,6 +58,13 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += seconds;
+    }
+
+    /// Count one pass over `n` waiting fold-ins ([`crate::batch`]).
+    pub fn observe_fold_in_pass(&self, n: usize) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        c.fold_in_passes += 1;
+        c.fold_ins += n as u64;
     }
 
     /// Seconds since the service started.
@@ -105,6 +115,16 @@ impl Metrics {
                 h.count
             );
         }
+        out.push_str(
+            "# HELP encore_fold_in_passes_total Passes that scored the fold-ins waiting for a run together.\n",
+        );
+        out.push_str("# TYPE encore_fold_in_passes_total counter\n");
+        let _ = writeln!(out, "encore_fold_in_passes_total {}", c.fold_in_passes);
+        out.push_str(
+            "# HELP encore_fold_ins_total Fold-ins scored by those passes (over the passes: the mean batch).\n",
+        );
+        out.push_str("# TYPE encore_fold_ins_total counter\n");
+        let _ = writeln!(out, "encore_fold_ins_total {}", c.fold_ins);
         out.push_str("# HELP encore_models_loaded Trained runs this process serves.\n");
         out.push_str("# TYPE encore_models_loaded gauge\n");
         let _ = writeln!(out, "encore_models_loaded {}", self.models);

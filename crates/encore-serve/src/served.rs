@@ -30,6 +30,15 @@ pub struct Scored {
     pub score: f32,
 }
 
+/// One fold-in to answer: a history's known items (ascending, unique), the items to leave
+/// out besides them, and how many to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FoldIn {
+    pub history: Vec<u32>,
+    pub exclude: Vec<u32>,
+    pub k: usize,
+}
+
 /// A posted history looked up in the catalogue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
@@ -194,6 +203,21 @@ impl ServedRun {
         let mut scores = vec![0f32; self.n_items()];
         self.model.score_history(history, &mut scores)?;
         Ok(top_k(&scores, &merged(&[history, exclude]), k))
+    }
+
+    /// [`ServedRun::recommend_history`] for several listeners at once (the service's waiting
+    /// fold-ins): each answer is exactly the one its listener gets alone, while the model
+    /// shares the work between them ([`Recommender::score_histories`]).
+    pub fn recommend_histories(&self, jobs: &[FoldIn]) -> Result<Vec<Vec<Scored>>, ModelError> {
+        let n = self.n_items();
+        let histories: Vec<&[u32]> = jobs.iter().map(|j| j.history.as_slice()).collect();
+        let mut scores = vec![0f32; jobs.len() * n];
+        self.model.score_histories(&histories, &mut scores)?;
+        Ok(jobs
+            .iter()
+            .zip(scores.chunks(n.max(1)))
+            .map(|(j, row)| top_k(row, &merged(&[&j.history, &j.exclude]), j.k))
+            .collect())
     }
 
     /// The top `k` items for the dataset's user `user` (an index), scored from the user's

@@ -2,11 +2,13 @@
 //! counters), its routes and handlers, and the middleware every request goes through
 //! (authorisation on `/v1/*`, the request timeout, metrics and the access log).
 //!
-//! Handlers parse and answer on tokio's blocking pool (scoring is CPU work): a panic there
-//! becomes a logged 500 and never takes the process down. At most one answer per core is
-//! computed at a time; further requests wait their turn in arrival order (within the
-//! request timeout), so a burst queues instead of spawning a thread per request and having
-//! them all compete for the cores and the memory bandwidth.
+//! Handlers answer on tokio's blocking pool (scoring is CPU work): a panic there becomes a
+//! logged 500 and never takes the process down. At most one answer per core is computed at a
+//! time; further requests wait their turn in arrival order (within the request timeout), so
+//! a burst queues instead of spawning a thread per request and having them all compete for
+//! the cores and the memory bandwidth. Fold-ins (posted histories) wait in their run's queue
+//! and are scored together, one pass per worker permit ([`crate::batch`]): each answer is
+//! exactly the one its listener gets alone.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,10 +24,11 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::api::{self, Limits, Listener, RecommendRequest};
+use crate::batch::FoldInQueue;
 use crate::error::{json_response, ApiError, ServeError};
 use crate::metrics::Metrics;
 use crate::page;
-use crate::served::{Scored, ServedRun};
+use crate::served::{FoldIn, Scored, ServedRun};
 
 /// What the service serves and how.
 pub struct Service {
@@ -35,6 +38,8 @@ pub struct Service {
     metrics: Metrics,
     /// One permit per core: the answers computed at once.
     workers: Arc<tokio::sync::Semaphore>,
+    /// Per run, the fold-ins waiting to be scored together ([`crate::batch`]).
+    fold_ins: Vec<FoldInQueue>,
 }
 
 impl Service {
@@ -64,6 +69,7 @@ impl Service {
         let metrics = Metrics::new(runs.len());
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(Service {
+            fold_ins: runs.iter().map(|_| FoldInQueue::default()).collect(),
             runs,
             limits,
             token,
@@ -83,18 +89,26 @@ impl Service {
 
     /// The run named `name`, or the default one.
     fn run(&self, name: Option<&str>) -> Result<&ServedRun, ApiError> {
+        Ok(&self.runs[self.run_index(name)?])
+    }
+
+    /// The index of the run named `name`, or of the default one.
+    fn run_index(&self, name: Option<&str>) -> Result<usize, ApiError> {
         let Some(name) = name else {
-            return Ok(&self.runs[0]);
+            return Ok(0);
         };
-        self.runs.iter().find(|r| r.name == name).ok_or_else(|| {
-            ApiError::not_found(
-                Some("model"),
-                format!(
-                    "unknown model `{name}`; expected one of {} (GET /v1/models lists them)",
-                    self.names().join(", ")
-                ),
-            )
-        })
+        self.runs
+            .iter()
+            .position(|r| r.name == name)
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    Some("model"),
+                    format!(
+                        "unknown model `{name}`; expected one of {} (GET /v1/models lists them)",
+                        self.names().join(", ")
+                    ),
+                )
+            })
     }
 
     fn names(&self) -> Vec<&str> {
@@ -150,12 +164,19 @@ impl Service {
         self.answer(RecommendRequest::parse(body, &self.limits)?)
     }
 
-    /// A parsed `POST /v1/recommend`.
+    /// A parsed `POST /v1/recommend`, answered on the calling thread.
     pub fn answer(&self, req: RecommendRequest) -> Result<Value, ApiError> {
-        let run = self.run(req.model.as_deref())?;
+        self.complete(self.prepare(req)?)
+    }
+
+    /// A parsed `POST /v1/recommend` resolved against its run: the listener and the items to
+    /// leave out looked up, the answer's fields so far, the scoring left to do.
+    fn prepare(&self, req: RecommendRequest) -> Result<Prepared, ApiError> {
+        let index = self.run_index(req.model.as_deref())?;
+        let run = &self.runs[index];
         let exclude = run.known_items(&req.exclude);
         let mut answer = json!({"model": run.name, "k": req.k});
-        let items = match &req.listener {
+        let work = match &req.listener {
             Listener::User(id) => {
                 let u = run.dataset.users.get(id).ok_or_else(|| {
                     ApiError::not_found(
@@ -169,7 +190,7 @@ impl Service {
                     )
                 })?;
                 answer["user_id"] = json!(id);
-                run.recommend_user(u, &exclude, req.k)
+                Work::User(u, exclude, req.k)
             }
             Listener::History(ids) => {
                 let history = run.resolve_history(ids);
@@ -186,15 +207,36 @@ impl Service {
                 }
                 answer["history_items"] = json!(history.items.len());
                 answer["ignored_items"] = json!(history.ignored);
-                run.recommend_history(&history.items, &exclude, req.k)
-                    .map_err(|e| {
-                        tracing::error!(model = %run.name, "fold-in failed: {e}");
-                        ApiError::internal(format!("the model could not fold the history in: {e}"))
-                    })?
+                Work::FoldIn(FoldIn {
+                    history: history.items,
+                    exclude,
+                    k: req.k,
+                })
             }
         };
-        answer["items"] = items_json(run, &items);
-        Ok(answer)
+        Ok(Prepared {
+            run: index,
+            answer,
+            work,
+        })
+    }
+
+    /// Score a prepared request alone and answer it.
+    fn complete(&self, p: Prepared) -> Result<Value, ApiError> {
+        let run = &self.runs[p.run];
+        let items = match p.work {
+            Work::User(u, exclude, k) => run.recommend_user(u, &exclude, k),
+            Work::FoldIn(f) => run
+                .recommend_history(&f.history, &f.exclude, f.k)
+                .map_err(|e| fold_in_failed(run, e))?,
+        };
+        Ok(self.finish(p.run, p.answer, &items))
+    }
+
+    /// The answer with its items.
+    fn finish(&self, run: usize, mut answer: Value, items: &[Scored]) -> Value {
+        answer["items"] = items_json(&self.runs[run], items);
+        answer
     }
 
     /// `GET /v1/items/{id}/similar?k=&model=`.
@@ -294,6 +336,28 @@ impl Service {
     }
 }
 
+/// A `POST /v1/recommend` resolved against run `run` ([`Service::prepare`]).
+struct Prepared {
+    run: usize,
+    /// The answer's fields but its items.
+    answer: Value,
+    work: Work,
+}
+
+/// The scoring a prepared request needs.
+enum Work {
+    /// A known user (index), the items to leave out besides what they heard, `k`.
+    User(u32, Vec<u32>, usize),
+    /// A posted history: fold-in, batched with the others waiting ([`crate::batch`]).
+    FoldIn(FoldIn),
+}
+
+/// The 500 for a fold-in the model refused (logged).
+fn fold_in_failed(run: &ServedRun, e: encore_core::ModelError) -> ApiError {
+    tracing::error!(model = %run.name, "fold-in failed: {e}");
+    ApiError::internal(format!("the model could not fold the history in: {e}"))
+}
+
 /// The items of an answer, best first.
 fn items_json(run: &ServedRun, items: &[Scored]) -> Value {
     Value::Array(
@@ -336,20 +400,86 @@ where
     match answer {
         Ok(Ok(value)) => json_response(StatusCode::OK, &value),
         Ok(Err(e)) => e.into_response(),
-        Err(join) => {
-            let what = match join.try_into_panic() {
-                Ok(payload) => payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into()),
-                Err(e) => e.to_string(),
-            };
-            tracing::error!("a request handler failed: {what}");
-            ApiError::internal(
-                "the service failed while answering (a bug, logged on the server); the request itself may be fine",
-            )
-            .into_response()
+        Err(join) => handler_failed(join).into_response(),
+    }
+}
+
+/// The 500 for work that panicked on the blocking pool (the panic logged).
+fn handler_failed(join: tokio::task::JoinError) -> ApiError {
+    let what = match join.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!("a request handler failed: {what}");
+    ApiError::internal(
+        "the service failed while answering (a bug, logged on the server); the request itself may be fine",
+    )
+}
+
+/// A fold-in answered through its run's queue: scored with the others waiting (each answer
+/// exactly its own alone).
+async fn fold_in(service: Arc<Service>, run: usize, answer: Value, job: FoldIn) -> Response {
+    let (rx, start) = service.fold_ins[run].push(job);
+    if start {
+        tokio::spawn(drain_fold_ins(service.clone(), run));
+    }
+    match rx.await {
+        Ok(Ok(items)) => json_response(StatusCode::OK, &service.finish(run, answer, &items)),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::internal("the service stopped before answering").into_response(),
+    }
+}
+
+/// Score run `run`'s waiting fold-ins, a pass at a time, each pass on the blocking pool with a
+/// worker permit, until none waits.
+async fn drain_fold_ins(service: Arc<Service>, run: usize) {
+    loop {
+        let Ok(permit) = service.workers.clone().acquire_owned().await else {
+            // Shutting down: answer what waits.
+            while let Some(batch) = service.fold_ins[run].take() {
+                for w in batch {
+                    let _ = w
+                        .reply
+                        .send(Err(ApiError::internal("the service is shutting down")));
+                }
+            }
+            return;
+        };
+        let Some(batch) = service.fold_ins[run].take() else {
+            return;
+        };
+        let (jobs, replies): (Vec<FoldIn>, Vec<_>) =
+            batch.into_iter().map(|w| (w.job, w.reply)).unzip();
+        service.metrics.observe_fold_in_pass(jobs.len());
+        let s = service.clone();
+        let scored = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let r = &s.runs[run];
+            r.recommend_histories(&jobs)
+                .map_err(|e| fold_in_failed(r, e))
+        })
+        .await;
+        match scored {
+            Ok(Ok(lists)) => {
+                for (reply, items) in replies.into_iter().zip(lists) {
+                    let _ = reply.send(Ok(items));
+                }
+            }
+            Ok(Err(e)) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(join) => {
+                let e = handler_failed(join);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
@@ -393,8 +523,13 @@ async fn recommend(State(s): State<Arc<Service>>, headers: HeaderMap, body: Body
         Ok(bytes) => RecommendRequest::parse(&bytes, &s.limits),
         Err(e) => Err(e),
     };
-    match req {
-        Ok(req) => blocking(s, move |s| s.answer(req)).await,
+    match req.and_then(|req| s.prepare(req)) {
+        Ok(Prepared {
+            run,
+            answer,
+            work: Work::FoldIn(job),
+        }) => fold_in(s, run, answer, job).await,
+        Ok(p) => blocking(s, move |s| s.complete(p)).await,
         Err(e) => e.into_response(),
     }
 }

@@ -558,6 +558,16 @@ async fn concurrent_answers_equal_sequential_ones() {
         concurrent[i] = body;
     }
     assert_eq!(concurrent, sequential);
+    // The concurrent fold-ins were scored in shared passes (sequentially: one pass each).
+    let fold_ins = bodies.iter().filter(|b| b.contains("history")).count() as f64;
+    let text = server.client.get("/metrics").await.unwrap().text();
+    let passes = encore_serve::metrics::sample(&text, "encore_fold_in_passes_total").unwrap();
+    let scored = encore_serve::metrics::sample(&text, "encore_fold_ins_total").unwrap();
+    assert_eq!(scored, 2.0 * fold_ins, "{text}");
+    assert!(
+        passes < scored,
+        "no fold-ins were scored together: {passes} passes"
+    );
     server.stop().await;
 }
 
