@@ -535,6 +535,66 @@ macro_rules! per_isa {
     };
 }
 
+/// Rows per register group of [`gemv_order_blocks`].
+pub(crate) const GEMV_ROWS: usize = 4;
+
+per_isa! {
+    /// One block of [`LANES`] columns of a packed matrix (`block`: `k` rows of `LANES`
+    /// values) times groups of [`GEMV_ROWS`] rows (`ht`: per group `k x GEMV_ROWS`, the rows
+    /// transposed), into `out` (per group `GEMV_ROWS x LANES`). Each output element is summed
+    /// exactly as `gemm`'s one-row product (its `gemv`) sums it on AVX2 or AVX-512: the first
+    /// term a product, then one fused multiply-add per term down the inner dimension, in
+    /// order. The accumulators stay in registers (the `gemv` keeps its output row in memory:
+    /// a load and a store per multiply-add), and the block is read from the cache by every
+    /// group after the first.
+    fn gemv_order_block(block: &[f32], ht: &[f32], k: usize, out: &mut [f32]) {
+        for (hg, out) in ht.chunks_exact(k * GEMV_ROWS).zip(out.chunks_exact_mut(GEMV_ROWS * LANES)) {
+            let mut acc = [[0f32; LANES]; GEMV_ROWS];
+            let w: &[f32; LANES] = block[..LANES].try_into().expect("a block row");
+            let h: &[f32; GEMV_ROWS] = hg[..GEMV_ROWS].try_into().expect("a row group");
+            for r in 0..GEMV_ROWS {
+                for l in 0..LANES {
+                    acc[r][l] = w[l] * h[r];
+                }
+            }
+            for j in 1..k {
+                let w: &[f32; LANES] = block[j * LANES..][..LANES].try_into().expect("a block row");
+                let h: &[f32; GEMV_ROWS] =
+                    hg[j * GEMV_ROWS..][..GEMV_ROWS].try_into().expect("a row group");
+                for r in 0..GEMV_ROWS {
+                    for l in 0..LANES {
+                        acc[r][l] = w[l].mul_add(h[r], acc[r][l]);
+                    }
+                }
+            }
+            for (o, a) in out.chunks_exact_mut(LANES).zip(&acc) {
+                o.copy_from_slice(a);
+            }
+        }
+    }
+}
+
+/// [`gemv_order_block`] on the build for this CPU, or `None` where no build matches
+/// `gemm`'s one-row product (without FMA, `gemm` multiplies and adds separately).
+pub(crate) fn gemv_order_block_here(
+    block: &[f32],
+    ht: &[f32],
+    k: usize,
+    out: &mut [f32],
+) -> Option<()> {
+    match Isa::detect() {
+        Isa::Generic => None,
+        #[allow(unreachable_patterns)]
+        isa => {
+            gemv_order_block(isa, block, ht, k, out);
+            Some(())
+        }
+    }
+}
+
+/// Columns per block of [`gemv_order_blocks`]'s packed layout.
+pub(crate) const GEMV_LANES: usize = LANES;
+
 /// `tanh` in place.
 pub fn tanh_inplace(y: &mut [f32]) {
     let isa = Isa::detect();

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{add_bias, col_sums, tanh_backward, tanh_inplace};
 use crate::params::{Grads, ParamId, ParamStore};
-use crate::{matmul, matmul_rows_alone, transpose_into, Csr, Mat};
+use crate::{matmul, matmul_rows_alone, transpose_into, Csr, Mat, PackedColumns};
 
 /// The element-wise function after a layer's affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,14 +205,26 @@ impl Dense {
     }
 
     /// [`Dense::forward_into`] for a layer without side input, with every row computed as if
-    /// it were alone (`rows = 1`), bit for bit, while the weight is read once for all rows
-    /// ([`matmul_rows_alone`]): several listeners folded in together get exactly their
-    /// scores alone.
-    pub fn forward_rows_alone(&self, store: &ParamStore, a: &[f32], rows: usize, y: &mut [f32]) {
+    /// it were alone (`rows = 1`), bit for bit, while the weight is read once for all rows:
+    /// several listeners folded in together get exactly their scores alone. `packed` is this
+    /// layer's weight as [`PackedColumns`] (faster), else [`matmul_rows_alone`] is used.
+    pub fn forward_rows_alone(
+        &self,
+        store: &ParamStore,
+        a: &[f32],
+        rows: usize,
+        y: &mut [f32],
+        packed: Option<&PackedColumns>,
+    ) {
         assert_eq!(self.side, 0, "rows alone: a layer without side input");
         let (ih, o) = (self.inputs, self.outputs);
-        let w = store.get(self.weight);
-        matmul_rows_alone(y, a, rows, Mat::new(&w[..ih * o], ih, o));
+        match packed {
+            Some(p) => p.rows_alone(y, a, rows),
+            None => {
+                let w = store.get(self.weight);
+                matmul_rows_alone(y, a, rows, Mat::new(&w[..ih * o], ih, o));
+            }
+        }
         add_bias(y, store.get(self.bias));
         self.activation.forward(y);
     }

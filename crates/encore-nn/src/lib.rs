@@ -32,7 +32,9 @@ pub mod params;
 
 pub use kernels::{Csr, FacetCsr};
 pub use layers::{Activation, Dense, Dropout, Mlp, MlpTrace, Side, SparseDense};
-pub use matmul::{matmul, matmul_on, matmul_rows_alone, transpose_into, Mat, Scalar, Threads};
+pub use matmul::{
+    matmul, matmul_on, matmul_rows_alone, transpose_into, Mat, PackedColumns, Scalar, Threads,
+};
 pub use params::{Grads, ParamId, ParamStore};
 
 /// `f` on a fresh pool of `threads` rayon threads (the tests' check that results do not

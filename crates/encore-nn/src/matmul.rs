@@ -282,6 +282,161 @@ pub fn matmul_rows_alone(out: &mut [f32], a: &[f32], m: usize, b: Mat<'_, f32>) 
     });
 }
 
+/// A `k x n` matrix packed for [`PackedColumns::rows_alone`]: blocks of 16 columns, each
+/// block's `k` rows contiguous, so that a block is read in one sequential sweep and then from
+/// the cache for every further group of rows.
+#[derive(Clone)]
+pub struct PackedColumns {
+    k: usize,
+    n: usize,
+    blocks: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedColumns({} x {})", self.k, self.n)
+    }
+}
+
+/// Blocks of 16 columns per parallel task of [`PackedColumns::rows_alone`] (1,024 columns).
+const PACKED_TASK_BLOCKS: usize = 64;
+
+impl PackedColumns {
+    /// `b` (`k x n`, not transposed) packed, or `None` where [`PackedColumns::rows_alone`]
+    /// cannot give `gemm`'s one-row sums on this CPU (no FMA, or a product on a ragged width
+    /// that does not come out equal, checked once per process); use
+    /// [`matmul_rows_alone`] then.
+    pub fn new(b: Mat<'_, f32>) -> Option<Self> {
+        if b.trans || !packed_kernel_matches_gemm() {
+            return None;
+        }
+        Some(Self::pack(b))
+    }
+
+    fn pack(b: Mat<'_, f32>) -> Self {
+        let (k, n) = b.shape();
+        let l = crate::kernels::GEMV_LANES;
+        let mut blocks = vec![0f32; n.div_ceil(l) * k * l];
+        if k > 0 {
+            blocks
+                .par_chunks_mut(k * l)
+                .enumerate()
+                .for_each(|(bi, block)| {
+                    let c0 = bi * l;
+                    let w = l.min(n - c0);
+                    for j in 0..k {
+                        block[j * l..][..w].copy_from_slice(&b.data[j * n + c0..][..w]);
+                    }
+                });
+        }
+        PackedColumns { k, n, blocks }
+    }
+
+    /// `out = a · b` (`a` `[m, k]`, `out` `[m, n]`, row-major), every row of `out` bit for bit
+    /// the product of that row of `a` alone ([`matmul`] with `m = 1`), as
+    /// [`matmul_rows_alone`] gives it, with the multiply-adds in registers. Rows go in groups
+    /// of four (the last padded with zeros); tasks of 1,024 columns run in parallel.
+    pub fn rows_alone(&self, out: &mut [f32], a: &[f32], m: usize) {
+        let (k, n) = (self.k, self.n);
+        assert_eq!(a.len(), m * k, "input size");
+        assert_eq!(out.len(), m * n, "output size");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let (l, g) = (crate::kernels::GEMV_LANES, crate::kernels::GEMV_ROWS);
+        if k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let groups = m.div_ceil(g);
+        let mut ht = vec![0f32; groups * k * g];
+        for r in 0..m {
+            let (grp, i) = (r / g, r % g);
+            for j in 0..k {
+                ht[grp * k * g + j * g + i] = a[r * k + j];
+            }
+        }
+        let out_ptr = out.as_mut_ptr() as usize;
+        let task = |(t, task): (usize, &[f32])| {
+            let mut tmp = vec![0f32; groups * g * l];
+            for (b, block) in task.chunks_exact(k * l).enumerate() {
+                crate::kernels::gemv_order_block_here(block, &ht, k, &mut tmp)
+                    .expect("PackedColumns::new checked the kernel");
+                let c0 = (t * PACKED_TASK_BLOCKS + b) * l;
+                let w = l.min(n - c0);
+                for r in 0..m {
+                    let src = &tmp[r * l..][..w];
+                    // SAFETY: `out` holds `m x n` values; this writes columns `c0 .. c0 + w`
+                    // of row `r`, inside the row, and no other task or block writes them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            (out_ptr as *mut f32).add(r * n + c0),
+                            w,
+                        );
+                    }
+                }
+            }
+        };
+        let size = PACKED_TASK_BLOCKS * k * l;
+        // A small matrix is read from the cache: forking would cost more than it saves.
+        if k * n < GEMV_SPLIT_ELEMENTS {
+            self.blocks.chunks(size).enumerate().for_each(task);
+        } else {
+            self.blocks.par_chunks(size).enumerate().for_each(task);
+        }
+    }
+}
+
+/// Whether [`PackedColumns::rows_alone`] gives `gemm`'s one-row sums on this CPU: checked once
+/// on five rows against a `37 x 40` matrix (two full SIMD widths and a scalar tail in `gemm`,
+/// a ragged last block here).
+fn packed_kernel_matches_gemm() -> bool {
+    static MATCHES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MATCHES.get_or_init(|| {
+        let (m, k, n) = (5, 37, 40);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 997) as f32 / 331.0 - 1.3)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 991) as f32 / 457.0 - 1.1)
+            .collect();
+        let mut alone = vec![0f32; m * n];
+        for (r, row) in alone.chunks_mut(n).enumerate() {
+            matmul_on(
+                row,
+                Mat::new(&a[r * k..][..k], 1, k),
+                Mat::new(&b, k, n),
+                false,
+                Threads::One,
+            );
+        }
+        let packed = PackedColumns::pack(Mat::new(&b, k, n));
+        let (l, g) = (crate::kernels::GEMV_LANES, crate::kernels::GEMV_ROWS);
+        let mut ht = vec![0f32; m.div_ceil(g) * k * g];
+        for r in 0..m {
+            for j in 0..k {
+                ht[(r / g) * k * g + j * g + r % g] = a[r * k + j];
+            }
+        }
+        let mut tmp = vec![0f32; m.div_ceil(g) * g * l];
+        for (bi, block) in packed.blocks.chunks_exact(k * l).enumerate() {
+            if crate::kernels::gemv_order_block_here(block, &ht, k, &mut tmp).is_none() {
+                return false;
+            }
+            let c0 = bi * l;
+            for r in 0..m {
+                for c in c0..n.min(c0 + l) {
+                    if tmp[r * l + c - c0].to_bits() != alone[r * n + c].to_bits() {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    })
+}
+
 /// The transpose of row-major `a` `[r, c]` into `out` `[c, r]` (rows of `out` in parallel).
 pub fn transpose_into<T: Scalar>(a: &[T], r: usize, c: usize, out: &mut [T]) {
     assert_eq!(a.len(), r * c, "input size");
@@ -393,6 +548,54 @@ mod tests {
             let single = run(1, Threads::One);
             assert_eq!(run(3, Threads::Pool), single, "n = {n}");
             assert_eq!(run(4, Threads::Pool), single, "n = {n}");
+        }
+    }
+
+    /// The packed, register-blocked product gives each row's product alone, bit for bit, for
+    /// any number of rows (groups of four padded), ragged widths and any thread count; it is
+    /// available wherever the CPU has FMA.
+    #[test]
+    fn packed_rows_are_each_row_alone() {
+        #[cfg(target_arch = "x86_64")]
+        let fma = std::is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let fma = false;
+        for (m, k, n) in [
+            (9, 600, 2_049),
+            (1, 600, 1_000),
+            (4, 3, 17),
+            (6, 128, 5_000),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
+                .collect();
+            let Some(packed) = PackedColumns::new(Mat::new(&b, k, n)) else {
+                assert!(!fma, "a CPU with FMA gets the packed product");
+                continue;
+            };
+            let alone: Vec<f32> = (0..m)
+                .flat_map(|r| {
+                    let mut row = vec![0f32; n];
+                    matmul(
+                        &mut row,
+                        Mat::new(&a[r * k..][..k], 1, k),
+                        Mat::new(&b, k, n),
+                        false,
+                    );
+                    row
+                })
+                .collect();
+            for threads in [1, 3] {
+                let together = crate::on_threads(threads, || {
+                    let mut out = vec![7f32; m * n];
+                    packed.rows_alone(&mut out, &a, m);
+                    out
+                });
+                assert_eq!(together, alone, "m {m} k {k} n {n}, {threads} threads");
+            }
         }
     }
 
