@@ -64,14 +64,7 @@ pub trait Recommender: Send + Sync {
     /// layer once for all), by default each is scored alone.
     fn score_histories(&self, histories: &[&[u32]], out: &mut [f32]) -> Result<(), ModelError> {
         let n = self.n_items();
-        if out.len() != histories.len() * n {
-            return Err(ModelError::Input(format!(
-                "score buffer has {} entries, {} histories x {n} items need {}",
-                out.len(),
-                histories.len(),
-                histories.len() * n
-            )));
-        }
+        check_histories_out(out, histories.len(), n)?;
         for (h, row) in histories.iter().zip(out.chunks_mut(n.max(1))) {
             self.score_history(h, row)?;
         }
@@ -87,6 +80,23 @@ pub trait Recommender: Send + Sync {
     fn item_representation(&self) -> Option<ItemRepresentation<'_>> {
         None
     }
+}
+
+/// [`Recommender::score_histories`]'s buffer check: `out` must hold `histories x n_items`
+/// scores.
+pub fn check_histories_out(
+    out: &[f32],
+    histories: usize,
+    n_items: usize,
+) -> Result<(), ModelError> {
+    if out.len() == histories * n_items {
+        return Ok(());
+    }
+    Err(ModelError::Input(format!(
+        "score buffer has {} entries, {histories} histories x {n_items} items need {}",
+        out.len(),
+        histories * n_items
+    )))
 }
 
 /// The data a model is trained on for one epoch.

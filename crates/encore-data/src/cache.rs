@@ -50,23 +50,39 @@ pub fn save(dataset: &Dataset, path: &Path) -> Result<()> {
         has_source_order: dataset.source_order.is_some(),
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
-    Ok(encore_io::write_atomic(path, |w| {
-        let mut hw = HashingWriter {
-            inner: w,
-            hasher: blake3::Hasher::new(),
-        };
-        hw.write_all(MAGIC)?;
-        hw.write_all(&VERSION.to_le_bytes())?;
-        hw.write_all(&(header.len() as u64).to_le_bytes())?;
-        hw.write_all(&header)?;
-        write_le(&mut hw, dataset.matrix.indptr())?;
-        write_le(&mut hw, dataset.matrix.indices())?;
+    write_framed(path, MAGIC, VERSION, &header, |hw| {
+        write_le(hw, dataset.matrix.indptr())?;
+        write_le(hw, dataset.matrix.indices())?;
         if let Some(ts) = &dataset.timestamps {
-            write_le(&mut hw, ts)?;
+            write_le(hw, ts)?;
         }
         if let Some(order) = &dataset.source_order {
-            write_le(&mut hw, order)?;
+            write_le(hw, order)?;
         }
+        Ok(())
+    })
+}
+
+/// Write a binary file the way Encore's caches are laid out, atomically: `magic`, `version`
+/// (u32), the header's length (u64) and the header, then what `body` writes, then the BLAKE3
+/// hash of everything before it.
+pub(crate) fn write_framed(
+    path: &Path,
+    magic: &[u8; 8],
+    version: u32,
+    header: &[u8],
+    body: impl FnOnce(&mut HashingWriter<&mut dyn Write>) -> std::io::Result<()>,
+) -> Result<()> {
+    Ok(encore_io::write_atomic(path, |w| {
+        let mut hw = HashingWriter {
+            inner: w as &mut dyn Write,
+            hasher: blake3::Hasher::new(),
+        };
+        hw.write_all(magic)?;
+        hw.write_all(&version.to_le_bytes())?;
+        hw.write_all(&(header.len() as u64).to_le_bytes())?;
+        hw.write_all(header)?;
+        body(&mut hw)?;
         let digest = hw.hasher.finalize();
         hw.inner.write_all(digest.as_bytes())
     })?)

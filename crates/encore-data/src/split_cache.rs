@@ -17,12 +17,12 @@
 //! ```
 //! Written through a temporary file and renamed, so a crash never leaves a half-written twin.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{read_le, write_le, HashingReader, HashingWriter};
+use crate::cache::{read_le, write_framed, write_le, HashingReader};
 use crate::{IdMap, InteractionMatrix, Result};
 
 /// The twin's file name inside a split directory.
@@ -121,22 +121,13 @@ pub fn save(
         nnz: parts.map(|m| m.nnz() as u64),
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
-    Ok(encore_io::write_atomic(&dir.join(FILE_NAME), |w| {
-        let mut hw = HashingWriter {
-            inner: w,
-            hasher: blake3::Hasher::new(),
-        };
-        hw.write_all(MAGIC)?;
-        hw.write_all(&VERSION.to_le_bytes())?;
-        hw.write_all(&(header.len() as u64).to_le_bytes())?;
-        hw.write_all(&header)?;
+    write_framed(&dir.join(FILE_NAME), MAGIC, VERSION, &header, |hw| {
         for m in parts {
-            write_le(&mut hw, m.indptr())?;
-            write_le(&mut hw, m.indices())?;
+            write_le(hw, m.indptr())?;
+            write_le(hw, m.indices())?;
         }
-        let digest = hw.hasher.finalize();
-        hw.inner.write_all(digest.as_bytes())
-    })?)
+        Ok(())
+    })
 }
 
 /// The split's matrices from `dir`'s twin, when it has one that answers for its text files as

@@ -574,25 +574,18 @@ per_isa! {
     }
 }
 
-/// [`gemv_order_block`] on the build for this CPU, or `None` where no build matches
-/// `gemm`'s one-row product (without FMA, `gemm` multiplies and adds separately).
-pub(crate) fn gemv_order_block_here(
-    block: &[f32],
-    ht: &[f32],
-    k: usize,
-    out: &mut [f32],
-) -> Option<()> {
-    match Isa::detect() {
-        Isa::Generic => None,
-        #[allow(unreachable_patterns)]
-        isa => {
-            gemv_order_block(isa, block, ht, k, out);
-            Some(())
-        }
-    }
+/// [`gemv_order_block`] on the build for this CPU.
+pub(crate) fn gemv_order_block_here(block: &[f32], ht: &[f32], k: usize, out: &mut [f32]) {
+    gemv_order_block(Isa::detect(), block, ht, k, out)
 }
 
-/// Columns per block of [`gemv_order_blocks`]'s packed layout.
+/// Whether this CPU has FMA, without which `gemm`'s one-row product multiplies and adds
+/// separately and [`gemv_order_block`] cannot match it.
+pub(crate) fn gemv_order_available() -> bool {
+    !matches!(Isa::detect(), Isa::Generic)
+}
+
+/// Columns per block of [`gemv_order_block`]'s packed layout.
 pub(crate) const GEMV_LANES: usize = LANES;
 
 /// `tanh` in place.

@@ -349,19 +349,18 @@ impl PackedColumns {
             return;
         }
         let groups = m.div_ceil(g);
+        // The rows in groups of `g`, each transposed (`k x g`), the last padded with zeros.
         let mut ht = vec![0f32; groups * k * g];
         for r in 0..m {
-            let (grp, i) = (r / g, r % g);
             for j in 0..k {
-                ht[grp * k * g + j * g + i] = a[r * k + j];
+                ht[(r / g) * k * g + j * g + r % g] = a[r * k + j];
             }
         }
         let out_ptr = out.as_mut_ptr() as usize;
         let task = |(t, task): (usize, &[f32])| {
             let mut tmp = vec![0f32; groups * g * l];
             for (b, block) in task.chunks_exact(k * l).enumerate() {
-                crate::kernels::gemv_order_block_here(block, &ht, k, &mut tmp)
-                    .expect("PackedColumns::new checked the kernel");
+                crate::kernels::gemv_order_block_here(block, &ht, k, &mut tmp);
                 let c0 = (t * PACKED_TASK_BLOCKS + b) * l;
                 let w = l.min(n - c0);
                 for r in 0..m {
@@ -394,6 +393,9 @@ impl PackedColumns {
 fn packed_kernel_matches_gemm() -> bool {
     static MATCHES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *MATCHES.get_or_init(|| {
+        if !crate::kernels::gemv_order_available() {
+            return false;
+        }
         let (m, k, n) = (5, 37, 40);
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 997) as f32 / 331.0 - 1.3)
@@ -411,29 +413,12 @@ fn packed_kernel_matches_gemm() -> bool {
                 Threads::One,
             );
         }
-        let packed = PackedColumns::pack(Mat::new(&b, k, n));
-        let (l, g) = (crate::kernels::GEMV_LANES, crate::kernels::GEMV_ROWS);
-        let mut ht = vec![0f32; m.div_ceil(g) * k * g];
-        for r in 0..m {
-            for j in 0..k {
-                ht[(r / g) * k * g + j * g + r % g] = a[r * k + j];
-            }
-        }
-        let mut tmp = vec![0f32; m.div_ceil(g) * g * l];
-        for (bi, block) in packed.blocks.chunks_exact(k * l).enumerate() {
-            if crate::kernels::gemv_order_block_here(block, &ht, k, &mut tmp).is_none() {
-                return false;
-            }
-            let c0 = bi * l;
-            for r in 0..m {
-                for c in c0..n.min(c0 + l) {
-                    if tmp[r * l + c - c0].to_bits() != alone[r * n + c].to_bits() {
-                        return false;
-                    }
-                }
-            }
-        }
-        true
+        let mut packed = vec![0f32; m * n];
+        PackedColumns::pack(Mat::new(&b, k, n)).rows_alone(&mut packed, &a, m);
+        packed
+            .iter()
+            .zip(&alone)
+            .all(|(x, y)| x.to_bits() == y.to_bits())
     })
 }
 
@@ -551,6 +536,33 @@ mod tests {
         }
     }
 
+    /// `a` `[m, k]` and `b` `[k, n]` with values of both signs.
+    fn operands(m: usize, k: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+        let a = (0..m * k)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let b = (0..k * n)
+            .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
+            .collect();
+        (a, b)
+    }
+
+    /// Each row of `a` times `b` as a one-row product, stacked.
+    fn each_row_alone(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        (0..m)
+            .flat_map(|r| {
+                let mut row = vec![0f32; n];
+                matmul(
+                    &mut row,
+                    Mat::new(&a[r * k..][..k], 1, k),
+                    Mat::new(b, k, n),
+                    false,
+                );
+                row
+            })
+            .collect()
+    }
+
     /// The packed, register-blocked product gives each row's product alone, bit for bit, for
     /// any number of rows (groups of four padded), ragged widths and any thread count; it is
     /// available wherever the CPU has FMA.
@@ -566,28 +578,12 @@ mod tests {
             (4, 3, 17),
             (6, 128, 5_000),
         ] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
-                .collect();
+            let (a, b) = operands(m, k, n);
             let Some(packed) = PackedColumns::new(Mat::new(&b, k, n)) else {
                 assert!(!fma, "a CPU with FMA gets the packed product");
                 continue;
             };
-            let alone: Vec<f32> = (0..m)
-                .flat_map(|r| {
-                    let mut row = vec![0f32; n];
-                    matmul(
-                        &mut row,
-                        Mat::new(&a[r * k..][..k], 1, k),
-                        Mat::new(&b, k, n),
-                        false,
-                    );
-                    row
-                })
-                .collect();
+            let alone = each_row_alone(&a, &b, m, k, n);
             for threads in [1, 3] {
                 let together = crate::on_threads(threads, || {
                     let mut out = vec![7f32; m * n];
@@ -612,29 +608,13 @@ mod tests {
             (4, 2, 1_500),
             (1, 64, 3_000),
         ] {
-            let a: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-                .collect();
-            let b: Vec<f32> = (0..k * n)
-                .map(|i| ((i * 104_729) % 1000) as f32 / 991.0 - 0.5)
-                .collect();
+            let (a, b) = operands(m, k, n);
             let bt = {
                 let mut t = vec![0f32; k * n];
                 transpose_into(&b, k, n, &mut t);
                 t
             };
-            let alone: Vec<f32> = (0..m)
-                .flat_map(|r| {
-                    let mut row = vec![0f32; n];
-                    matmul(
-                        &mut row,
-                        Mat::new(&a[r * k..][..k], 1, k),
-                        Mat::new(&b, k, n),
-                        false,
-                    );
-                    row
-                })
-                .collect();
+            let alone = each_row_alone(&a, &b, m, k, n);
             for threads in [1, 3] {
                 let together = crate::on_threads(threads, || {
                     let mut out = vec![7f32; m * n];

@@ -980,14 +980,7 @@ impl Recommender for MultiVae {
     /// memory on a 56,512-item catalogue).
     fn score_histories(&self, histories: &[&[u32]], out: &mut [f32]) -> Result<(), ModelError> {
         let n = self.n_items;
-        if out.len() != histories.len() * n {
-            return Err(ModelError::Input(format!(
-                "score buffer has {} entries, {} histories x {n} items need {}",
-                out.len(),
-                histories.len(),
-                histories.len() * n
-            )));
-        }
+        encore_core::check_histories_out(out, histories.len(), n)?;
         let last = self.net.decoder.layers().last().expect("a decoder layer");
         if last.side() > 0 {
             // Not a shape MultiVAE builds (the side input goes to the first decoder layer,
