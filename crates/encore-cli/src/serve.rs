@@ -399,4 +399,7 @@ fn print_report(r: &LoadReport) {
         mib(r.rss_before_mib),
         mib(r.rss_after_mib)
     );
+    if let Some(b) = r.fold_ins_per_pass {
+        println!("fold-ins scored together: {b:.2} per pass on average");
+    }
 }

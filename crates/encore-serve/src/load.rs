@@ -130,6 +130,9 @@ pub struct LoadReport {
     /// The service's resident memory before and after (from `/metrics`), in MiB.
     pub rss_before_mib: Option<f64>,
     pub rss_after_mib: Option<f64>,
+    /// Fold-ins the service scored per pass during the run (`/metrics`; `None` when it
+    /// scored none).
+    pub fold_ins_per_pass: Option<f64>,
 }
 
 /// Draw the requests: (kind, body).
@@ -178,10 +181,26 @@ pub fn plan(catalogue: &[String], opts: &LoadOptions) -> Vec<(RequestKind, Vec<u
         .collect()
 }
 
-/// The service's resident memory in MiB, from its `/metrics`.
-pub async fn service_rss_mib(client: &Client) -> Option<f64> {
-    let answer = client.get("/metrics").await.ok()?;
-    metrics::sample(&answer.text(), "process_resident_memory_bytes").map(|b| b / (1 << 20) as f64)
+/// What the load generator reads from the service's `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    rss_mib: Option<f64>,
+    fold_in_passes: f64,
+    fold_ins: f64,
+}
+
+/// The service's resident memory (MiB) and fold-in counters now.
+async fn snapshot(client: &Client) -> Snapshot {
+    let Ok(answer) = client.get("/metrics").await else {
+        return Snapshot::default();
+    };
+    let text = answer.text();
+    Snapshot {
+        rss_mib: metrics::sample(&text, "process_resident_memory_bytes")
+            .map(|b| b / (1 << 20) as f64),
+        fold_in_passes: metrics::sample(&text, "encore_fold_in_passes_total").unwrap_or(0.0),
+        fold_ins: metrics::sample(&text, "encore_fold_ins_total").unwrap_or(0.0),
+    }
 }
 
 /// Send the planned requests from `opts.clients` concurrent clients (tokio tasks sharing a
@@ -194,7 +213,7 @@ pub async fn run(
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> LoadReport {
     let requests = Arc::new(plan(catalogue, opts));
-    let rss_before_mib = service_rss_mib(client).await;
+    let before = snapshot(client).await;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -229,7 +248,8 @@ pub async fn run(
         results.extend(done.expect("a load client does not panic"));
     }
     let seconds = start.elapsed().as_secs_f64();
-    let rss_after_mib = service_rss_mib(client).await;
+    let after = snapshot(client).await;
+    let passes = after.fold_in_passes - before.fold_in_passes;
 
     let mut statuses = BTreeMap::new();
     let (mut valid, mut malformed) = (Vec::new(), Vec::new());
@@ -267,8 +287,9 @@ pub async fn run(
             .sum(),
         statuses,
         unexpected,
-        rss_before_mib,
-        rss_after_mib,
+        rss_before_mib: before.rss_mib,
+        rss_after_mib: after.rss_mib,
+        fold_ins_per_pass: (passes > 0.0).then(|| (after.fold_ins - before.fold_ins) / passes),
     }
 }
 

@@ -849,5 +849,11 @@ async fn the_load_generator_gets_no_5xx() {
     assert_eq!(report.unexpected, 0, "{:?}", report.statuses);
     assert!(report.malformed.count > 10 && report.valid.count > 200);
     assert!(report.rss_after_mib.is_some());
+    // Four clients' fold-ins were scored in passes of at least one each.
+    assert!(
+        report.fold_ins_per_pass.is_some_and(|b| b >= 1.0),
+        "{:?}",
+        report.fold_ins_per_pass
+    );
     server.stop().await;
 }
