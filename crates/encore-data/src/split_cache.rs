@@ -1,6 +1,6 @@
 //! A binary twin of a saved split directory (`split.bin` beside `train.tsv` ...), so that a
-//! run at Music4All-Onion scale (50M lines of `user_id<TAB>item_id`, 1.1 GB of text) loads in
-//! about a second instead of being parsed again by every `recommend`, `evaluate` and `serve`.
+//! run at Music4All-Onion scale (50M lines of `user_id<TAB>item_id`, 1.1 GB of text) is read
+//! as raw arrays instead of being parsed again by every `recommend`, `evaluate` and `serve`.
 //!
 //! The text files stay the split's record (other tools read them); the twin only answers for
 //! them while they are unchanged. Its header names every source file with its length and

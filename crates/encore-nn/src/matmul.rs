@@ -162,8 +162,7 @@ pub fn matmul_on<T: Scalar>(
 const GEMV_COLUMNS: usize = 64;
 
 /// Matrix elements below which a one-row product stays on one thread: a small matrix is read
-/// from cache, and forking costs more than the split saves (ml-100k's 600 x 1,682 output layer
-/// answered fewer requests per second split).
+/// from the cache, and forking costs more than the split saves.
 const GEMV_SPLIT_ELEMENTS: usize = 1 << 21;
 
 /// A one-row product against a row-major `b` (`m = 1`, `b`'s column stride 1) with its
@@ -182,36 +181,64 @@ fn gemv_split<T: Scalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate
     let (a_cs, a_rs) = a.strides();
     let (_, b_rs) = b.strides();
     let piece = n.div_ceil(t).next_multiple_of(GEMV_COLUMNS);
-    let (a_ptr, b_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize);
     out.par_chunks_mut(piece).enumerate().for_each(|(c, dst)| {
-        let cols = dst.len();
-        // SAFETY: `a` covers `1 x k` and `b` `k x n` elements with the given strides
-        // (checked by the caller); this piece reads `b`'s columns `c * piece ..` for
-        // `cols` columns, inside every row of `b`, and writes its own chunk of `out`.
+        // SAFETY: `a` covers `1 x k` and `b` `k x n` elements with the given strides (checked
+        // by the caller); this piece reads `b`'s columns `c * piece ..` for `dst.len()`
+        // columns, inside every row of `b`, and writes its own chunk of `out`.
         unsafe {
-            gemm::gemm(
-                1,
-                cols,
-                k,
+            one_row_columns(
                 dst.as_mut_ptr(),
-                1,
-                cols as isize,
+                dst.len(),
                 accumulate,
-                a_ptr as *const T,
-                a_cs,
-                a_rs,
-                (b_ptr as *const T).add(c * piece),
-                1,
+                (a.data.as_ptr(), a_cs, a_rs),
+                b.data.as_ptr().add(c * piece),
                 b_rs,
-                T::ONE,
-                T::ONE,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+                k,
+            )
         }
     });
+}
+
+/// `gemm`'s one-row product (`m = 1`, its `gemv`) on `cols` columns, single-threaded: `dst`
+/// (`cols` contiguous values) `= (accumulate ? dst : 0) + a · b`, `a` a `1 x k` row given as
+/// (pointer, column stride, row stride), `b` the `k x cols` columns starting at `b` with
+/// column stride 1 and row stride `b_rs`.
+///
+/// # Safety
+/// The pointers must cover those elements, and `dst` must not alias `a` or `b`.
+unsafe fn one_row_columns<T: Scalar>(
+    dst: *mut T,
+    cols: usize,
+    accumulate: bool,
+    (a, a_cs, a_rs): (*const T, isize, isize),
+    b: *const T,
+    b_rs: isize,
+    k: usize,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm::gemm(
+            1,
+            cols,
+            k,
+            dst,
+            1,
+            cols as isize,
+            accumulate,
+            a,
+            a_cs,
+            a_rs,
+            b,
+            1,
+            b_rs,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// Columns of `b` per piece of [`matmul_rows_alone`]: a multiple of [`GEMV_COLUMNS`], and a
@@ -251,32 +278,20 @@ pub fn matmul_rows_alone(out: &mut [f32], a: &[f32], m: usize, b: Mat<'_, f32>) 
         let c0 = p * ROWS_ALONE_COLUMNS;
         let cols = ROWS_ALONE_COLUMNS.min(n - c0);
         for r in 0..m {
-            // SAFETY: `a` covers `m x k` and `b` `k x n` elements with the given strides
-            // (checked above and in `Mat::new`); this call reads row `r` of `a` and columns
-            // `c0 .. c0 + cols` of every row of `b`, and writes those columns of row `r` of
-            // `out`, which no other piece writes.
+            // SAFETY: `a` covers `m x k` and `b` `k x n` elements (checked above and in
+            // `Mat::new`); this call reads row `r` of `a` and columns `c0 .. c0 + cols` of
+            // every row of `b`, and writes those columns of row `r` of `out`, which no other
+            // piece writes.
             unsafe {
-                gemm::gemm(
-                    1,
-                    cols,
-                    k,
+                one_row_columns(
                     (out_ptr as *mut f32).add(r * n + c0),
-                    1,
-                    n as isize,
+                    cols,
                     false,
-                    (a_ptr as *const f32).add(r * k),
-                    1,
-                    k as isize,
+                    ((a_ptr as *const f32).add(r * k), 1, k as isize),
                     (b_ptr as *const f32).add(c0),
-                    1,
                     b_rs,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
+                    k,
+                )
             }
         }
     });

@@ -981,15 +981,9 @@ impl Recommender for MultiVae {
     fn score_histories(&self, histories: &[&[u32]], out: &mut [f32]) -> Result<(), ModelError> {
         let n = self.n_items;
         encore_core::check_histories_out(out, histories.len(), n)?;
+        // Never a side input here: `c_u` goes to the first decoder layer, and the
+        // configuration check requires a hidden one before the last.
         let last = self.net.decoder.layers().last().expect("a decoder layer");
-        if last.side() > 0 {
-            // Not a shape MultiVAE builds (the side input goes to the first decoder layer,
-            // and there is always a hidden one), but then: each alone.
-            for (h, row) in histories.iter().zip(out.chunks_mut(n)) {
-                self.score_history(h, row)?;
-            }
-            return Ok(());
-        }
         let mut hidden = Vec::with_capacity(histories.len() * last.inputs());
         for h in histories {
             let m = InteractionMatrix::from_rows(n, &[common::checked_history(h, n)?]);
